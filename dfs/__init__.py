@@ -1,0 +1,1 @@
+"""dfs: a distributed, content-addressed file system."""
