@@ -1,0 +1,237 @@
+"""The chunkserver process: serves a ChunkStore over the dfs wire protocol.
+
+Disk and hashing work runs on the RPC server's thread pool (hashlib, zstd and
+file I/O release the GIL, so both cores work). A put with a forward list is
+chained: this server stores the chunk and, at the same time, passes it to the
+next server with the rest of the list; the client is answered only when the
+whole chain has it fsync'd. Waiting on the next server never ties up a worker
+thread (the reply is deferred), so crossing chains cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from dfs import rpc
+from dfs.errors import DfsError
+from dfs.logs import setup_logging
+from dfs.security import Security, load_optional
+
+from chunkserver.store import ChunkStore
+
+log = logging.getLogger("dfs.chunkserver")
+
+LIST_PAGE_MAX = 10_000
+
+
+class ChunkServer:
+    """Wires a ChunkStore to an RpcServer (and, with a cluster, to the metadata service)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        listen: str,
+        *,
+        security: Security | None = None,
+        capacity: int | None = None,
+        workers: int = 4,
+    ) -> None:
+        self.store = ChunkStore(data_dir, capacity=capacity)
+        self.security = security
+        self.rpc = rpc.RpcServer(listen, security=security, workers=workers, name="chunkserver")
+        self.client = rpc.RpcClient(security=security, timeout=30.0)
+        self.endpoint = self.rpc.endpoint
+        self._load = 0  # requests being served, reported in stat/heartbeats
+        self._load_lock = threading.Lock()
+        r = self.rpc.route
+        r("cs.put", self.put, blocking=True)
+        r("cs.get", self.get, blocking=True)
+        r("cs.has", self.has, blocking=True)
+        r("cs.delete", self.delete, blocking=True)
+        r("cs.stat", self.stat)
+        r("cs.list", self.list_ids, blocking=True)
+        r("cs.verify", self.verify, blocking=True)
+        r("cs.replicate", self.replicate, blocking=True)
+
+    # ------------------------------------------------------------ handlers
+
+    def put(self, call: rpc.Call) -> Any:
+        chunk_id = call.fields["id"]
+        data = call.request.frames[0]
+        forward = call.fields.get("forward") or []
+        if self.endpoint in forward:
+            raise DfsError("EINVAL", "forward list names this server")
+        downstream: Future | None = None
+        if forward:  # start the next hop first, so both copies are written at once
+            downstream = self.client.call_async(
+                forward[0], "cs.put", {"id": chunk_id, "forward": forward[1:]}, [data]
+            )
+        with self._busy():
+            created = self.store.put(chunk_id, data)
+        if downstream is None:
+            return {"stored": [self.endpoint], "created": created}
+
+        def done(fut: Future) -> None:
+            try:
+                reply = rpc.RpcClient.wait(fut)
+            except DfsError as exc:
+                call.fail(
+                    DfsError(exc.code, f"chain put failed at {forward[0]}: {exc.message}",
+                             stored=[self.endpoint])
+                )
+                return
+            call.respond({"stored": [self.endpoint, *reply.fields.get("stored", [])],
+                          "created": created})
+
+        downstream.add_done_callback(done)
+        return rpc.DEFERRED
+
+    def get(self, call: rpc.Call) -> Any:
+        f = call.fields
+        with self._busy():
+            data = self.store.get(f["id"], f.get("offset", 0), f.get("length"))
+        return {"length": len(data)}, [data]
+
+    def has(self, call: rpc.Call) -> Any:
+        return {"has": self.store.has(call.fields["ids"])}
+
+    def delete(self, call: rpc.Call) -> Any:
+        return {"deleted": self.store.delete(call.fields["ids"])}
+
+    def stat(self, call: rpc.Call | None = None) -> dict[str, Any]:
+        out = dict(self.store.stat())
+        out["load"] = self._load
+        out["endpoint"] = self.endpoint
+        return out
+
+    def list_ids(self, call: rpc.Call) -> Any:
+        limit = min(call.fields.get("limit", 1000), LIST_PAGE_MAX)
+        ids, more = self.store.list_ids(call.fields.get("after"), limit)
+        return {"ids": ids, "more": more}
+
+    def verify(self, call: rpc.Call) -> Any:
+        return {"ok": self.store.verify(call.fields["id"])}
+
+    def replicate(self, call: rpc.Call) -> Any:
+        """Copy a local chunk to other servers (repair and rebalance), chained."""
+        chunk_id, targets = call.fields["id"], call.fields["to"]
+        with self._busy():
+            data = self.store.get(chunk_id)
+        fut = self.client.call_async(
+            targets[0], "cs.put", {"id": chunk_id, "forward": targets[1:]}, [data]
+        )
+
+        def done(f: Future) -> None:
+            try:
+                reply = rpc.RpcClient.wait(f)
+            except DfsError as exc:
+                call.fail(exc)
+                return
+            call.respond({"stored": reply.fields.get("stored", [])})
+
+        fut.add_done_callback(done)
+        return rpc.DEFERRED
+
+    # ------------------------------------------------------------ running
+
+    def _busy(self) -> _LoadCounter:
+        return _LoadCounter(self)
+
+    def start(self) -> ChunkServer:
+        self.rpc.start()
+        return self
+
+    def stop(self) -> None:
+        self.rpc.stop()
+        self.client.close()
+
+
+class _LoadCounter:
+    """Counts requests in progress (the 'load' placement uses to order replicas)."""
+
+    def __init__(self, server: ChunkServer) -> None:
+        self.server = server
+
+    def __enter__(self) -> None:
+        with self.server._load_lock:
+            self.server._load += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.server._load_lock:
+            self.server._load -= 1
+
+
+def parse_size(text: str) -> int:
+    """'10G', '512M', '1024' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dfs-chunkserver", description="Run one dfs chunkserver (stores replicated chunks)."
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory (created if missing)")
+    p.add_argument("--listen", default="tcp://127.0.0.1:0", help="endpoint to serve on")
+    p.add_argument("--cluster", help="metadata endpoints or cluster.toml (default $DFS_CLUSTER)")
+    p.add_argument("--key", help="cluster key file: every socket uses CURVE")
+    p.add_argument("--capacity", type=parse_size, help="bytes this server may use (e.g. 100G)")
+    p.add_argument("--workers", type=int, default=4, help="disk/hash worker threads")
+    p.add_argument("--pid-file", type=Path, help="write the process id here")
+    p.add_argument("--endpoint-file", type=Path, help="write the bound endpoint here")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    args.data.mkdir(parents=True, exist_ok=True)
+    try:
+        server = ChunkServer(
+            args.data, args.listen, security=load_optional(args.key), capacity=args.capacity,
+            workers=args.workers,
+        )
+    except DfsError as exc:
+        log.error("cannot start: %s", exc.message)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    if args.pid_file:
+        args.pid_file.write_text(f"{os.getpid()}\n")
+    if args.endpoint_file:
+        _write_atomic(args.endpoint_file, server.endpoint + "\n")
+    log.info("chunkserver serving %s on %s", args.data, server.endpoint)
+    heartbeat = None
+    if args.cluster:
+        from chunkserver.heartbeat import Heartbeat  # the metadata seam
+
+        heartbeat = Heartbeat(server, args.cluster, args.key).start()
+    stop.wait()
+    if heartbeat is not None:
+        heartbeat.stop()
+    server.stop()
+    log.info("chunkserver stopped")
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+

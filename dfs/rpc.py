@@ -1,0 +1,518 @@
+"""ZeroMQ RPC: a ROUTER server with an event loop, and a multiplexing DEALER client.
+
+The server's loop thread owns every socket. Handlers run on the loop unless
+they are registered as ``blocking`` (disk, hashing): those go to a thread
+pool, and their replies come back to the loop through an inproc socket.
+Any handler may also answer later (a Raft commit, a forwarded put) by
+returning ``DEFERRED`` and calling ``call.respond`` / ``call.fail`` from any
+thread.
+
+The client has one I/O thread owning one DEALER socket per endpoint; any
+number of threads submit requests, each gets a Future, so many requests are
+in flight on one connection. Chunk data goes out with zero-copy sends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from dfs import errors, wire
+from dfs.errors import DfsError
+from dfs.security import Security
+from dfs.wire import Frame, Reply, Request
+
+log = logging.getLogger(__name__)
+
+ZERO_COPY_MIN = 64 * 1024  # frames smaller than this are cheaper to copy
+DEFERRED = object()  # a handler's return value meaning "I will respond later"
+
+Handler = Callable[["Call"], Any]
+
+
+@dataclass
+class Call:
+    """One request being served: the parsed request plus how to answer it."""
+
+    request: Request
+    peer: bytes
+    _server: RpcServer
+    _done: bool = False
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return self.request.fields
+
+    def respond(self, fields: dict[str, Any] | None = None, frames: Sequence[Frame] = ()) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._server._send(self.peer, wire.encode_reply(self.request.id, fields, frames))
+
+    def fail(self, error: DfsError) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._server._send(self.peer, wire.encode_error(self.request.id, error))
+
+
+@dataclass
+class _Route:
+    handler: Handler
+    blocking: bool
+
+
+@dataclass
+class _Timer:
+    interval: float
+    fn: Callable[[], None]
+    due: float = 0.0
+
+
+class RpcServer:
+    """A ROUTER socket served by one event loop thread plus a worker pool."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        security: Security | None = None,
+        workers: int = 4,
+        context: zmq.Context | None = None,
+        name: str = "rpc",
+    ) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.security = security
+        self.name = name
+        self._routes: dict[str, _Route] = {}
+        self._timers: list[_Timer] = []
+        self._extra: dict[zmq.Socket, Callable[[zmq.Socket], None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
+        self._stop = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._inproc = f"inproc://{name}-replies-{id(self)}"
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        if security is not None:
+            security.apply_server(self.sock, self.ctx)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._replies = self.ctx.socket(zmq.PULL)
+        self._replies.bind(self._inproc)
+        self.route("ping", lambda call: {"service": self.name, "pid": os.getpid()})
+
+    # ------------------------------------------------------------ registration
+
+    def route(self, op: str, handler: Handler, *, blocking: bool = False) -> None:
+        """Serve ``op`` with ``handler(call)``; it returns reply fields, a
+        ``(fields, frames)`` pair, or ``DEFERRED``; it may raise DfsError."""
+        if op not in wire.OPS:
+            raise ValueError(f"{op} is not declared in dfs.wire")
+        self._routes[op] = _Route(handler, blocking)
+
+    def every(self, interval: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread every ``interval`` seconds."""
+        self._timers.append(_Timer(interval, fn, time.monotonic() + interval))
+
+    def add_socket(self, sock: zmq.Socket, on_readable: Callable[[zmq.Socket], None]) -> None:
+        """Poll another socket on the loop (before start)."""
+        self._extra[sock] = on_readable
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run blocking work on the server's pool."""
+        return self._pool.submit(fn, *args)
+
+    # ------------------------------------------------------------ running
+
+    def start(self) -> RpcServer:
+        self._loop_thread = threading.Thread(target=self.serve_forever, name=f"{self.name}-loop",
+                                             daemon=True)
+        self._loop_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def serve_forever(self) -> None:
+        self._loop_ident = threading.get_ident()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._replies, zmq.POLLIN)
+        for sock in self._extra:
+            poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                if self._replies in ready:
+                    self._drain_replies()
+                if self.sock in ready:
+                    self._drain_requests()
+                for sock, fn in self._extra.items():
+                    if sock in ready:
+                        fn(sock)
+                self._run_timers()
+        finally:
+            self.sock.close(linger=0)
+            self._replies.close(linger=0)
+
+    def _poll_timeout_ms(self) -> int:
+        if not self._timers:
+            return 100
+        wait = min(t.due for t in self._timers) - time.monotonic()
+        return max(0, min(100, int(wait * 1000)))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for t in self._timers:
+            if now >= t.due:
+                t.due = now + t.interval
+                try:
+                    t.fn()
+                except Exception:
+                    log.exception("%s: timer %s failed", self.name, t.fn)
+
+    def _drain_replies(self) -> None:
+        for _ in range(1000):
+            try:
+                msg = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._send_now(msg)
+
+    def _drain_requests(self) -> None:
+        for _ in range(1000):
+            try:
+                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: list[zmq.Frame]) -> None:
+        peer = msg[0].bytes
+        parts: list[Frame] = [msg[1].bytes] + [f.buffer for f in msg[2:]] if len(msg) > 1 else []
+        try:
+            request = wire.decode_request(parts)
+        except DfsError as exc:
+            req_id = exc.details.pop("request_id", None)
+            if req_id is None:
+                log.warning("%s: dropped undecodable message: %s", self.name, exc.message)
+                return  # garbage: no request id to answer to
+            self._send_now([peer, *wire.encode_error(req_id, exc)])
+            return
+        route = self._routes.get(request.op)
+        call = Call(request, peer, self)
+        if route is None:
+            call.fail(DfsError(errors.UNKNOWN_OP, f"{self.name} does not serve {request.op}"))
+        elif route.blocking:
+            self._pool.submit(self._run, route.handler, call)
+        else:
+            self._run(route.handler, call)
+
+    def _run(self, handler: Handler, call: Call) -> None:
+        try:
+            result = handler(call)
+        except DfsError as exc:
+            call.fail(exc)
+            return
+        except Exception as exc:
+            log.exception("%s: %s failed", self.name, call.request.op)
+            call.fail(DfsError("EIO", f"internal error in {call.request.op}: {exc}"))
+            return
+        if result is DEFERRED:
+            return
+        if isinstance(result, tuple):
+            call.respond(result[0], result[1])
+        else:
+            call.respond(result)
+
+    # ------------------------------------------------------------ sending
+
+    def _send(self, peer: bytes, frames: list[Frame]) -> None:
+        """Send from any thread: directly on the loop, else via the inproc queue."""
+        if threading.get_ident() == getattr(self, "_loop_ident", None):
+            self._send_now([peer, *frames])
+            return
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self.ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            push.connect(self._inproc)
+            self._local.push = push
+        push.send_multipart([peer, *frames], copy=False)
+
+    def _send_now(self, frames: Sequence[Any]) -> None:
+        try:
+            self.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("%s: reply dropped, peer queue full", self.name)
+        except zmq.ZMQError as exc:
+            log.warning("%s: reply dropped: %s", self.name, exc)
+
+
+# ---------------------------------------------------------------- client
+
+
+@dataclass
+class _Pending:
+    future: Future
+    endpoint: str
+    deadline: float
+
+
+@dataclass
+class _Outgoing:
+    endpoint: str
+    req_id: int
+    frames: list[Frame]
+    pending: _Pending = field(repr=False)
+
+
+class RpcClient:
+    """Thread-safe client: any thread calls, one I/O thread talks to the servers."""
+
+    def __init__(
+        self,
+        *,
+        security: Security | None = None,
+        timeout: float = 10.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.security = security
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._outbox: deque[_Outgoing] = deque()
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._wake_ep = f"inproc://rpc-client-wake-{id(self)}"
+        self._wake = self.ctx.socket(zmq.PULL)
+        self._wake.bind(self._wake_ep)
+        self._socks: dict[str, zmq.Socket] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._io_loop, name="rpc-client-io", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ public API
+
+    def call_async(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        frames: Sequence[Frame] = (),
+        timeout: float | None = None,
+    ) -> Future:
+        """Send one request; the Future resolves to a Reply (errors included)."""
+        future: Future = Future()
+        if self._closed.is_set():
+            future.set_exception(DfsError(errors.UNAVAILABLE, "client is closed"))
+            return future
+        req_id = next(self._ids)
+        try:
+            msg = wire.encode_request(req_id, op, fields, frames)
+        except DfsError as exc:
+            future.set_exception(exc)
+            return future
+        pending = _Pending(future, endpoint, time.monotonic() + (timeout or self.timeout))
+        with self._lock:
+            self._outbox.append(_Outgoing(endpoint, req_id, msg, pending))
+        self._poke()
+        return future
+
+    def call(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        frames: Sequence[Frame] = (),
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 0.05,
+    ) -> Reply:
+        """Call and wait; raises DfsError on an error reply or a timeout.
+
+        ``retries`` re-sends after TIMEOUT/UNAVAILABLE with exponential
+        backoff: use it only for idempotent operations (or ones carrying a
+        client sequence number).
+        """
+        attempt = 0
+        while True:
+            try:
+                return self.wait(self.call_async(endpoint, op, fields, frames, timeout))
+            except DfsError as exc:
+                if exc.code not in (errors.TIMEOUT, errors.UNAVAILABLE) or attempt >= retries:
+                    raise
+            time.sleep(min(1.0, backoff * (2**attempt)))
+            attempt += 1
+
+    @staticmethod
+    def wait(future: Future) -> Reply:
+        try:
+            reply: Reply = future.result(timeout=3600)
+        except FutureTimeout:
+            raise DfsError(errors.TIMEOUT, "no reply") from None
+        return reply.raise_for_error()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._poke()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ I/O thread
+
+    def _poke(self) -> None:
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self.ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(self._wake_ep)
+            self._local.push = push
+        try:
+            push.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the I/O thread has wake-ups queued already
+
+    def _socket_for(self, endpoint: str, poller: zmq.Poller) -> zmq.Socket:
+        sock = self._socks.get(endpoint)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self.security is not None:
+                self.security.apply_client(sock)
+            sock.connect(endpoint)
+            poller.register(sock, zmq.POLLIN)
+            self._socks[endpoint] = sock
+        return sock
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake, zmq.POLLIN)
+        try:
+            while not self._closed.is_set():
+                ready = dict(poller.poll(self._next_wait_ms()))
+                if self._wake in ready:
+                    self._drain(self._wake)
+                self._flush_outbox(poller)
+                for sock, _ in ready.items():
+                    if sock is not self._wake:
+                        self._read_replies(sock)
+                self._expire(poller)
+        finally:
+            self._fail_all(DfsError(errors.UNAVAILABLE, "client closed"))
+            for sock in self._socks.values():
+                sock.close(linger=0)
+            self._wake.close(linger=0)
+
+    def _next_wait_ms(self) -> int:
+        with self._lock:
+            if self._outbox:
+                return 0
+            if not self._pending:
+                return 200
+            soonest = min(p.deadline for p in self._pending.values())
+        return max(1, min(200, int((soonest - time.monotonic()) * 1000) + 1))
+
+    @staticmethod
+    def _drain(sock: zmq.Socket) -> None:
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _flush_outbox(self, poller: zmq.Poller) -> None:
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                out = self._outbox.popleft()
+                self._pending[out.req_id] = out.pending
+            sock = self._socket_for(out.endpoint, poller)
+            frames = out.frames
+            try:
+                for i, frame in enumerate(frames):
+                    more = zmq.SNDMORE if i < len(frames) - 1 else 0
+                    sock.send(frame, more | zmq.NOBLOCK, copy=len(frame) < ZERO_COPY_MIN)
+            except zmq.ZMQError as exc:
+                # a full queue to a dead peer: fail fast instead of blocking the loop
+                with self._lock:
+                    pending = self._pending.pop(out.req_id, None)
+                if pending is not None:
+                    pending.future.set_exception(
+                        DfsError(errors.UNAVAILABLE, f"cannot send to {out.endpoint}: {exc}")
+                    )
+
+    def _read_replies(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            parts: list[Frame] = [msg[0].bytes] + [f.buffer for f in msg[1:]]
+            try:
+                reply = wire.decode_reply(parts)
+            except DfsError as exc:
+                log.warning("dropped an undecodable reply: %s", exc.message)
+                continue
+            with self._lock:
+                pending = self._pending.pop(reply.id, None)
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(reply)
+
+    def _expire(self, poller: zmq.Poller) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [(rid, p) for rid, p in self._pending.items() if p.deadline <= now]
+            for rid, _ in late:
+                del self._pending[rid]
+            busy = {p.endpoint for p in self._pending.values()}
+        for _, p in late:
+            if not p.future.done():
+                p.future.set_exception(DfsError(errors.TIMEOUT, f"no reply from {p.endpoint}"))
+            # drop the socket (and whatever it queued for a dead peer) once idle
+            sock = self._socks.get(p.endpoint)
+            if sock is not None and p.endpoint not in busy:
+                poller.unregister(sock)
+                sock.close(linger=0)
+                del self._socks[p.endpoint]
+
+    def _fail_all(self, error: DfsError) -> None:
+        with self._lock:
+            pending = list(self._pending.values()) + [o.pending for o in self._outbox]
+            self._pending.clear()
+            self._outbox.clear()
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(error)

@@ -1,0 +1,359 @@
+"""The dfs wire protocol: every message of every service is declared here.
+
+A message is a ZeroMQ multipart message: one msgpack header frame, then zero
+or more raw binary data frames (chunk bytes never travel inside msgpack, so
+they can be sent and received without copies).
+
+Request header: ``{"v": 1, "id": <int>, "op": <str>, "f": {<fields>}}``
+Reply header:   ``{"v": 1, "id": <int>, "ok": true,  "f": {<fields>}}``
+            or  ``{"v": 1, "id": <int>, "ok": false, "err": {"code", "msg"}}``
+
+Each operation has a schema (field types, required/optional, number of data
+frames). Receivers validate the header and every field before a handler sees
+it, and enforce size limits, so handlers can trust what they get.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from dfs import errors
+from dfs.errors import DfsError
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 4 << 20  # a header bigger than this is refused unread
+MAX_CHUNK_BYTES = 64 << 20  # largest chunk a server accepts in one frame
+MAX_FRAMES = 4  # data frames per message
+MAX_IDS = 100_000  # chunk ids in one has/delete/exists request
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_ENDPOINT = re.compile(r"(tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}|ipc://[\w./\-]+|inproc://[\w.\-]+)\Z")
+
+Frame = bytes | memoryview
+
+# ---------------------------------------------------------------- field types
+
+
+def _check_int(v: Any, lo: int = 0, hi: int = 1 << 63) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"expected an integer in [{lo}, {hi}]")
+    return v
+
+
+def _check_str(v: Any, max_len: int = 4096) -> str:
+    if type(v) is not str or len(v) > max_len:
+        raise ValueError(f"expected a string of at most {max_len} characters")
+    return v
+
+
+def check_chunk_id(v: Any) -> str:
+    """A chunk id is the SHA-256 of the content: exactly 64 lowercase hex characters."""
+    if type(v) is not str or not _HEX64.match(v):
+        raise ValueError("a chunk id is 64 lowercase hex characters")
+    return v
+
+
+def _check_chunk_ids(v: Any) -> list[str]:
+    if type(v) is not list or len(v) > MAX_IDS:
+        raise ValueError(f"expected a list of at most {MAX_IDS} chunk ids")
+    return [check_chunk_id(x) for x in v]
+
+
+def check_endpoint(v: Any) -> str:
+    """Endpoints are tcp://host:port (or ipc/inproc, for tests)."""
+    if type(v) is not str or not _ENDPOINT.match(v):
+        raise ValueError("expected an endpoint like tcp://127.0.0.1:7000")
+    return v
+
+
+def _check_endpoints(v: Any) -> list[str]:
+    if type(v) is not list or len(v) > 16:
+        raise ValueError("expected a list of at most 16 endpoints")
+    return [check_endpoint(x) for x in v]
+
+
+def _check_bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ValueError("expected true or false")
+    return v
+
+
+def _check_map(v: Any) -> dict:
+    if type(v) is not dict:
+        raise ValueError("expected a map")
+    return v
+
+
+def _check_list(v: Any) -> list:
+    if type(v) is not list:
+        raise ValueError("expected a list")
+    return v
+
+
+def _check_bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise ValueError("expected bytes")
+    return v
+
+
+INT: Callable[[Any], Any] = _check_int
+STR: Callable[[Any], Any] = _check_str
+BOOL = _check_bool
+MAP = _check_map
+LIST = _check_list
+BYTES = _check_bytes
+CHUNK_ID = check_chunk_id
+CHUNK_IDS = _check_chunk_ids
+ENDPOINT = check_endpoint
+ENDPOINTS = _check_endpoints
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Callable[[Any], Any]
+    required: bool = True
+
+
+def req(check: Callable[[Any], Any]) -> Field:
+    return Field(check, True)
+
+
+def opt(check: Callable[[Any], Any]) -> Field:
+    return Field(check, False)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: its request fields and how many data frames it carries."""
+
+    name: str
+    fields: dict[str, Field] = field(default_factory=dict)
+    frames: int = 0  # data frames the request carries
+    doc: str = ""
+
+
+# ---------------------------------------------------------------- the operations
+
+_CHUNKSERVER_OPS = [
+    Op("ping", {}, doc="liveness and identity"),
+    Op(
+        "cs.put",
+        {"id": req(CHUNK_ID), "forward": opt(ENDPOINTS)},
+        frames=1,
+        doc="store a chunk (SHA-256 verified, fsync'd), then pass it down the forward chain",
+    ),
+    Op(
+        "cs.get",
+        {"id": req(CHUNK_ID), "offset": opt(INT), "length": opt(INT)},
+        doc="read a chunk or a byte range of it; the reply carries one data frame",
+    ),
+    Op("cs.has", {"ids": req(CHUNK_IDS)}, doc="which of these chunks are stored here"),
+    Op("cs.delete", {"ids": req(CHUNK_IDS)}, doc="delete chunks (garbage collection)"),
+    Op("cs.stat", {}, doc="capacity, used bytes, chunk count, load"),
+    Op("cs.list", {"after": opt(CHUNK_ID), "limit": opt(INT)}, doc="a page of stored chunk ids"),
+    Op("cs.verify", {"id": req(CHUNK_ID)}, doc="re-check one chunk's checksum and SHA-256"),
+    Op(
+        "cs.replicate",
+        {"id": req(CHUNK_ID), "to": req(ENDPOINTS)},
+        doc="copy a stored chunk to other servers (repair, rebalance)",
+    ),
+    Op("cs.scrub", {}, doc="start a scrub pass now"),
+]
+
+# Metadata namespace operations carry their arguments in "args"; the namespace
+# state machine validates each argument (paths, modes, sizes) itself.
+_MD_FIELDS = {"args": opt(MAP), "client": opt(STR), "seq": opt(INT)}
+NAMESPACE_MUTATIONS = (
+    "mkdir rmdir create unlink rename link symlink mknod setattr setxattr removexattr "
+    "setrep commit"
+).split()
+NAMESPACE_QUERIES = (
+    "getattr readdir readlink getxattr listxattr statfs file_chunks exists chunk_refs"
+).split()
+
+_METADATA_OPS = [
+    *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace mutation {name}") for name in NAMESPACE_MUTATIONS),
+    *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}") for name in NAMESPACE_QUERIES),
+    Op("md.locate", {"ids": req(CHUNK_IDS)}, doc="live replicas of chunks, least loaded first"),
+    Op(
+        "md.place",
+        {"count": req(INT), "rep": opt(INT), "exclude": opt(ENDPOINTS)},
+        doc="choose chunkservers for new chunks",
+    ),
+    Op("md.report_bad", {"id": req(CHUNK_ID), "server": req(ENDPOINT)}, doc="a replica is corrupt"),
+    Op(
+        "md.register",
+        {"endpoint": req(ENDPOINT), "node": req(STR), "stat": req(MAP), "labels": opt(MAP)},
+        doc="a chunkserver (re)joins",
+    ),
+    Op(
+        "md.heartbeat",
+        {
+            "endpoint": req(ENDPOINT),
+            "node": req(STR),
+            "stat": req(MAP),
+            "added": opt(CHUNK_IDS),
+            "removed": opt(CHUNK_IDS),
+        },
+        doc="chunkserver heartbeat with an incremental chunk report",
+    ),
+    Op(
+        "md.report",
+        {"endpoint": req(ENDPOINT), "ids": req(CHUNK_IDS), "done": req(BOOL)},
+        doc="one page of a chunkserver's full chunk report",
+    ),
+    Op("md.status", {}, doc="cluster status for dfs-admin"),
+    Op("md.fsck", {"path": opt(STR)}, doc="per-file replication health"),
+    Op("md.admin", {"action": req(STR), "args": opt(MAP)}, doc="admin actions"),
+    Op("raft.msg", {"from": req(INT), "msgs": req(LIST)}, doc="Raft messages between peers"),
+]
+
+OPS: dict[str, Op] = {op.name: op for op in (*_CHUNKSERVER_OPS, *_METADATA_OPS)}
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclass
+class Request:
+    id: int
+    op: str
+    fields: dict[str, Any]
+    frames: list[Frame] = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    id: int
+    ok: bool
+    fields: dict[str, Any] = field(default_factory=dict)
+    frames: list[Frame] = field(default_factory=list)
+    error: DfsError | None = None
+
+    def raise_for_error(self) -> Reply:
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def _pack(header: dict[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def _unpack(frame: Frame) -> dict[str, Any]:
+    if len(frame) > MAX_HEADER_BYTES:
+        raise DfsError(errors.TOO_BIG, f"header of {len(frame)} bytes is over the limit")
+    try:
+        header = msgpack.unpackb(
+            frame, raw=False, strict_map_key=True
+        )
+    except Exception as exc:
+        raise DfsError(errors.BAD_MESSAGE, f"header is not valid msgpack ({exc})") from None
+    if type(header) is not dict:
+        raise DfsError(errors.BAD_MESSAGE, "header is not a map")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise DfsError(errors.BAD_MESSAGE, f"unsupported protocol version {header.get('v')!r}")
+    if type(header.get("id")) is not int:
+        raise DfsError(errors.BAD_MESSAGE, "header has no integer request id")
+    return header
+
+
+def validate_fields(op: Op, fields: Any) -> dict[str, Any]:
+    """Check every field of a request against its operation's schema."""
+    if fields is None:
+        fields = {}
+    if type(fields) is not dict:
+        raise DfsError("EINVAL", f"{op.name}: fields must be a map")
+    unknown = set(fields) - set(op.fields)
+    if unknown:
+        raise DfsError("EINVAL", f"{op.name}: unknown field(s) {sorted(unknown)}")
+    out: dict[str, Any] = {}
+    for name, spec in op.fields.items():
+        if name not in fields or fields[name] is None:
+            if spec.required:
+                raise DfsError("EINVAL", f"{op.name}: missing field {name!r}")
+            continue
+        try:
+            out[name] = spec.check(fields[name])
+        except ValueError as exc:
+            raise DfsError("EINVAL", f"{op.name}: field {name!r}: {exc}") from None
+    return out
+
+
+def _check_frames(frames: Sequence[Frame]) -> None:
+    if len(frames) > MAX_FRAMES:
+        raise DfsError(errors.TOO_BIG, f"{len(frames)} data frames is over the limit")
+    for f in frames:
+        if len(f) > MAX_CHUNK_BYTES:
+            raise DfsError(errors.TOO_BIG, f"data frame of {len(f)} bytes is over the limit")
+
+
+def encode_request(req_id: int, op: str, fields: dict[str, Any] | None = None,
+                   frames: Sequence[Frame] = ()) -> list[Frame]:
+    """Build the frames of a request; the schema is checked on the way out too."""
+    spec = OPS.get(op)
+    if spec is None:
+        raise DfsError(errors.UNKNOWN_OP, f"unknown operation {op!r}")
+    clean = validate_fields(spec, fields or {})
+    return [_pack({"v": PROTOCOL_VERSION, "id": req_id, "op": op, "f": clean}), *frames]
+
+
+def decode_request(frames: Sequence[Frame]) -> Request:
+    """Parse and validate a request; raises DfsError (with the request id when known)."""
+    if not frames:
+        raise DfsError(errors.BAD_MESSAGE, "empty message")
+    header = _unpack(frames[0])
+    req_id = header["id"]
+    try:
+        op_name = header.get("op")
+        spec = OPS.get(op_name) if type(op_name) is str else None
+        if spec is None:
+            raise DfsError(errors.UNKNOWN_OP, f"unknown operation {op_name!r}")
+        data = list(frames[1:])
+        _check_frames(data)
+        if len(data) != spec.frames:
+            raise DfsError(
+                errors.BAD_MESSAGE, f"{op_name} carries {spec.frames} data frame(s), got {len(data)}"
+            )
+        fields = validate_fields(spec, header.get("f"))
+    except DfsError as exc:
+        exc.details["request_id"] = req_id
+        raise
+    return Request(req_id, op_name, fields, data)
+
+
+def encode_reply(req_id: int, fields: dict[str, Any] | None = None,
+                 frames: Sequence[Frame] = ()) -> list[Frame]:
+    return [_pack({"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "f": fields or {}}), *frames]
+
+
+def encode_error(req_id: int, error: DfsError) -> list[Frame]:
+    header = {"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "err": error.to_wire()}
+    try:
+        return [_pack(header)]
+    except Exception:  # details that msgpack cannot carry: drop them, keep code + message
+        header["err"] = {"code": error.code, "msg": error.message}
+        return [_pack(header)]
+
+
+def decode_reply(frames: Sequence[Frame]) -> Reply:
+    if not frames:
+        raise DfsError(errors.BAD_MESSAGE, "empty reply")
+    header = _unpack(frames[0])
+    if header.get("ok") is True:
+        fields = header.get("f") or {}
+        if type(fields) is not dict:
+            raise DfsError(errors.BAD_MESSAGE, "reply fields are not a map")
+        return Reply(header["id"], True, fields, list(frames[1:]))
+    err = header.get("err")
+    if type(err) is not dict or type(err.get("code")) is not str:
+        raise DfsError(errors.BAD_MESSAGE, "error reply without a code")
+    details = err.get("details") if type(err.get("details")) is dict else {}
+    return Reply(
+        header["id"], False, error=DfsError(err["code"], str(err.get("msg", "")), **details)
+    )
