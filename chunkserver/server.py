@@ -19,16 +19,16 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from chunkserver.store import ChunkStore
 from dfs import rpc
 from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
 
-from chunkserver.store import ChunkStore
-
 log = logging.getLogger("dfs.chunkserver")
 
 LIST_PAGE_MAX = 10_000
+FORWARD_TIMEOUT = 5.0  # seconds a chained put waits for the next server
 
 
 class ChunkServer:
@@ -46,7 +46,8 @@ class ChunkServer:
         self.store = ChunkStore(data_dir, capacity=capacity)
         self.security = security
         self.rpc = rpc.RpcServer(listen, security=security, workers=workers, name="chunkserver")
-        self.client = rpc.RpcClient(security=security, timeout=30.0)
+        # shorter than a client's timeout, so a dead next hop is reported as such
+        self.client = rpc.RpcClient(security=security, timeout=FORWARD_TIMEOUT)
         self.endpoint = self.rpc.endpoint
         self._load = 0  # requests being served, reported in stat/heartbeats
         self._load_lock = threading.Lock()
@@ -83,12 +84,16 @@ class ChunkServer:
                 reply = rpc.RpcClient.wait(fut)
             except DfsError as exc:
                 call.fail(
-                    DfsError(exc.code, f"chain put failed at {forward[0]}: {exc.message}",
-                             stored=[self.endpoint])
+                    DfsError(
+                        exc.code,
+                        f"chain put failed at {forward[0]}: {exc.message}",
+                        stored=[self.endpoint],
+                    )
                 )
                 return
-            call.respond({"stored": [self.endpoint, *reply.fields.get("stored", [])],
-                          "created": created})
+            call.respond(
+                {"stored": [self.endpoint, *reply.fields.get("stored", [])], "created": created}
+            )
 
         downstream.add_done_callback(done)
         return rpc.DEFERRED
@@ -199,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     args.data.mkdir(parents=True, exist_ok=True)
     try:
         server = ChunkServer(
-            args.data, args.listen, security=load_optional(args.key), capacity=args.capacity,
+            args.data,
+            args.listen,
+            security=load_optional(args.key),
+            capacity=args.capacity,
             workers=args.workers,
         )
     except DfsError as exc:
@@ -235,3 +243,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())

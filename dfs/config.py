@@ -35,8 +35,9 @@ def resolve(cluster: str | None = None, key_file: str | None = None) -> ClusterC
     spec = cluster or os.environ.get(ENV_CLUSTER)
     if not spec:
         raise DfsError(
-            "EINVAL", "no cluster given: pass --cluster or set DFS_CLUSTER "
-            "(endpoints like tcp://127.0.0.1:7000,... or a cluster.toml path)"
+            "EINVAL",
+            "no cluster given: pass --cluster or set DFS_CLUSTER "
+            "(endpoints like tcp://127.0.0.1:7000,... or a cluster.toml path)",
         )
     key_file = key_file or os.environ.get(ENV_KEY) or None
     if "://" in spec:
@@ -69,8 +70,12 @@ def load_file(path: Path) -> ClusterConfig:
     return ClusterConfig(list(data.get("metadata", [])), key, data)
 
 
-def write_file(path: Path, metadata: list[str], key_file: str | None = None,
-               chunkservers: list[str] | None = None) -> None:
+def write_file(
+    path: Path,
+    metadata: list[str],
+    key_file: str | None = None,
+    chunkservers: list[str] | None = None,
+) -> None:
     """Write a cluster.toml (a tiny subset of TOML, so no writer library is needed)."""
     lines = ["# written by dfs-admin cluster up", _toml_list("metadata", metadata)]
     if chunkservers is not None:

@@ -140,8 +140,9 @@ class RpcServer:
     # ------------------------------------------------------------ running
 
     def start(self) -> RpcServer:
-        self._loop_thread = threading.Thread(target=self.serve_forever, name=f"{self.name}-loop",
-                                             daemon=True)
+        self._loop_thread = threading.Thread(
+            target=self.serve_forever, name=f"{self.name}-loop", daemon=True
+        )
         self._loop_thread.start()
         return self
 
@@ -211,10 +212,9 @@ class RpcServer:
         try:
             request = wire.decode_request(parts)
         except DfsError as exc:
-            req_id = exc.details.pop("request_id", None)
-            if req_id is None:
-                log.warning("%s: dropped undecodable message: %s", self.name, exc.message)
-                return  # garbage: no request id to answer to
+            # without a readable request id the error goes back under id 0
+            req_id = exc.details.pop("request_id", 0)
+            log.warning("%s: bad request from peer: %s", self.name, exc.message)
             self._send_now([peer, *wire.encode_error(req_id, exc)])
             return
         route = self._routes.get(request.op)

@@ -168,16 +168,38 @@ _CHUNKSERVER_OPS = [
 # Metadata namespace operations carry their arguments in "args"; the namespace
 # state machine validates each argument (paths, modes, sizes) itself.
 _MD_FIELDS = {"args": opt(MAP), "client": opt(STR), "seq": opt(INT)}
-NAMESPACE_MUTATIONS = (
-    "mkdir rmdir create unlink rename link symlink mknod setattr setxattr removexattr "
-    "setrep commit"
-).split()
-NAMESPACE_QUERIES = (
-    "getattr readdir readlink getxattr listxattr statfs file_chunks exists chunk_refs"
-).split()
+NAMESPACE_MUTATIONS = [
+    "mkdir",
+    "rmdir",
+    "create",
+    "unlink",
+    "rename",
+    "link",
+    "symlink",
+    "mknod",
+    "setattr",
+    "setxattr",
+    "removexattr",
+    "setrep",
+    "commit",
+]
+NAMESPACE_QUERIES = [
+    "getattr",
+    "readdir",
+    "readlink",
+    "getxattr",
+    "listxattr",
+    "statfs",
+    "file_chunks",
+    "exists",
+    "chunk_refs",
+]
 
 _METADATA_OPS = [
-    *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace mutation {name}") for name in NAMESPACE_MUTATIONS),
+    *(
+        Op(f"md.{name}", _MD_FIELDS, doc=f"namespace mutation {name}")
+        for name in NAMESPACE_MUTATIONS
+    ),
     *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}") for name in NAMESPACE_QUERIES),
     Op("md.locate", {"ids": req(CHUNK_IDS)}, doc="live replicas of chunks, least loaded first"),
     Op(
@@ -249,9 +271,7 @@ def _unpack(frame: Frame) -> dict[str, Any]:
     if len(frame) > MAX_HEADER_BYTES:
         raise DfsError(errors.TOO_BIG, f"header of {len(frame)} bytes is over the limit")
     try:
-        header = msgpack.unpackb(
-            frame, raw=False, strict_map_key=True
-        )
+        header = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:
         raise DfsError(errors.BAD_MESSAGE, f"header is not valid msgpack ({exc})") from None
     if type(header) is not dict:
@@ -293,8 +313,9 @@ def _check_frames(frames: Sequence[Frame]) -> None:
             raise DfsError(errors.TOO_BIG, f"data frame of {len(f)} bytes is over the limit")
 
 
-def encode_request(req_id: int, op: str, fields: dict[str, Any] | None = None,
-                   frames: Sequence[Frame] = ()) -> list[Frame]:
+def encode_request(
+    req_id: int, op: str, fields: dict[str, Any] | None = None, frames: Sequence[Frame] = ()
+) -> list[Frame]:
     """Build the frames of a request; the schema is checked on the way out too."""
     spec = OPS.get(op)
     if spec is None:
@@ -318,7 +339,8 @@ def decode_request(frames: Sequence[Frame]) -> Request:
         _check_frames(data)
         if len(data) != spec.frames:
             raise DfsError(
-                errors.BAD_MESSAGE, f"{op_name} carries {spec.frames} data frame(s), got {len(data)}"
+                errors.BAD_MESSAGE,
+                f"{op_name} carries {spec.frames} data frame(s), got {len(data)}",
             )
         fields = validate_fields(spec, header.get("f"))
     except DfsError as exc:
@@ -327,8 +349,9 @@ def decode_request(frames: Sequence[Frame]) -> Request:
     return Request(req_id, op_name, fields, data)
 
 
-def encode_reply(req_id: int, fields: dict[str, Any] | None = None,
-                 frames: Sequence[Frame] = ()) -> list[Frame]:
+def encode_reply(
+    req_id: int, fields: dict[str, Any] | None = None, frames: Sequence[Frame] = ()
+) -> list[Frame]:
     return [_pack({"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "f": fields or {}}), *frames]
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: real server processes on 127.0.0.1 with ephemeral ports.
+
+Every process a test starts is recorded and stopped by its PID at teardown,
+also when the test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dfs.rpc import RpcClient
+from tools.procs import Proc, spawn
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop(timeout=5)
+
+
+@pytest.fixture
+def start_chunkserver(tmp_path: Path, procs: list[Proc]) -> Callable[..., Proc]:
+    """Start a chunkserver process: ``start_chunkserver("cs1", extra_args...)``."""
+
+    def start(name: str = "cs", *extra: str, data: Path | None = None) -> Proc:
+        data = data or tmp_path / name
+        args = ["--data", str(data), "--listen", "tcp://127.0.0.1:0", *extra]
+        proc = spawn("chunkserver", name, tmp_path / "run", args)
+        procs.append(proc)
+        return proc
+
+    return start
+
+
+@pytest.fixture
+def client() -> Iterator[RpcClient]:
+    c = RpcClient(timeout=10.0)
+    yield c
+    c.close()
