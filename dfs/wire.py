@@ -185,6 +185,7 @@ NAMESPACE_MUTATIONS = [
 ]
 NAMESPACE_QUERIES = [
     "getattr",
+    "lookup",
     "readdir",
     "readlink",
     "getxattr",
@@ -193,6 +194,7 @@ NAMESPACE_QUERIES = [
     "file_chunks",
     "exists",
     "chunk_refs",
+    "all_chunks",
 ]
 
 _METADATA_OPS = [

@@ -1,0 +1,629 @@
+"""The client library: ``dfs.connect(cluster)`` and the Python API of DESIGN.md.
+
+Writes: the stream is cut into content-defined chunks, each SHA-256'd on a
+thread pool; the metadata service says which chunks the cluster already has
+(those are not sent again); the rest go to placed chunkservers as chained
+puts, several in flight; when every chunk is fsync'd on its replicas, one
+``commit`` makes the new content visible atomically. An error before the
+commit leaves no visible file.
+
+Reads: chunk locations come from the metadata service; chunks are fetched
+several at a time, each verified against its SHA-256; a dead, slow or corrupt
+replica makes the client try the next one (and report a corrupt one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dfs import errors, paths
+from dfs.chunking import DEFAULT, Chunker, ChunkParams, split_stream
+from dfs.config import ClusterConfig, resolve
+from dfs.errors import DfsError
+from dfs.rpc import RpcClient
+
+Progress = Callable[[int], None]  # called with a number of bytes just done
+
+UPLOAD_WINDOW_BYTES = 64 << 20  # chunk bytes in flight on upload
+BATCH_CHUNKS = 16  # chunks per locate/place round trip
+READ_AHEAD = 6  # chunks fetched ahead on sequential reads
+META_DEADLINE = 30.0  # seconds a metadata call keeps retrying across leader changes
+_MISSING = object()
+
+
+@dataclass
+class Stats:
+    """Counters a caller (or a test) can read: what really crossed the wire."""
+
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    chunks_deduped: int = 0
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0
+    bad_replicas: int = 0
+
+
+class Metadata:
+    """Talks to the metadata service: finds the leader, retries, exactly-once."""
+
+    def __init__(self, rpc: RpcClient, endpoints: list[str], timeout: float) -> None:
+        self.rpc = rpc
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._leader: str | None = None
+        self._client_id = uuid.uuid4().hex
+        self._local = threading.local()
+        self._sessions = 0
+        self._lock = threading.Lock()
+
+    def _session(self) -> tuple[str, list[int]]:
+        """One exactly-once session per thread, so each has strictly increasing seqs."""
+        s = getattr(self._local, "session", None)
+        if s is None:
+            with self._lock:
+                self._sessions += 1
+                n = self._sessions
+            s = (f"{self._client_id}-{n}", [0])
+            self._local.session = s
+        return s
+
+    def call(
+        self, op: str, fields: dict[str, Any] | None = None, *, mutate: bool = False
+    ) -> dict[str, Any]:
+        """Call the leader, following redirects and surviving a leader change."""
+        fields = dict(fields or {})
+        if mutate:
+            client, seq = self._session()
+            seq[0] += 1
+            fields.update(client=client, seq=seq[0])  # a retry reuses the same seq
+        deadline = time.monotonic() + META_DEADLINE
+        tried: list[str] = []
+        delay = 0.02
+        last: DfsError | None = None
+        while True:
+            ep = self._leader or self._next_endpoint(tried)
+            try:
+                return self.rpc.call(ep, op, fields, timeout=self.timeout).fields
+            except DfsError as exc:
+                last = exc
+                if exc.code == errors.NOT_LEADER:
+                    hint = exc.details.get("leader")
+                    self._leader = hint if isinstance(hint, str) and hint != ep else None
+                    if self._leader is None:
+                        tried.append(ep)
+                elif exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                    self._leader = None
+                    tried.append(ep)
+                else:
+                    self._leader = ep
+                    raise
+            if time.monotonic() > deadline:
+                raise DfsError(
+                    errors.UNAVAILABLE,
+                    f"metadata service unavailable ({last.message if last else 'no reply'})",
+                )
+            if len(tried) >= len(self.endpoints):
+                tried.clear()
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _next_endpoint(self, tried: list[str]) -> str:
+        for ep in self.endpoints:
+            if ep not in tried:
+                return ep
+        return self.endpoints[0]
+
+    def ns(self, op: str, mutate: bool = False, **args: Any) -> dict[str, Any]:
+        """A namespace operation: ``md.<op>`` with ``args``."""
+        return self.call(f"md.{op}", {"args": args}, mutate=mutate)
+
+
+class Client:
+    """A connection to one dfs cluster. Thread-safe."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        timeout: float = 10.0,
+        chunking: ChunkParams = DEFAULT,
+        workers: int = 4,
+    ) -> None:
+        self.config = config
+        self.rpc = RpcClient(security=config.security(), timeout=timeout)
+        self.meta = Metadata(self.rpc, config.metadata, timeout)
+        self.chunking = chunking
+        self.stats = Stats()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfs-client")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.rpc.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ namespace
+
+    def stat(self, path: str) -> dict[str, Any]:
+        return self.meta.ns("getattr", path=paths.normalize(path))["attrs"]
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except DfsError as exc:
+            if exc.code == "ENOENT":
+                return False
+            raise
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return [e["name"] for e in self.scandir(path)]
+
+    def scandir(self, path: str = "/", page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Entries ``{"name", "attrs"}`` in name order, fetched a page at a time."""
+        path, after = paths.normalize(path), None
+        while True:
+            r = self.meta.ns("readdir", path=path, after=after, limit=page)
+            yield from r["entries"]
+            if not r["more"] or not r["entries"]:
+                return
+            after = r["entries"][-1]["name"]
+
+    def mkdir(self, path: str, parents: bool = False, mode: int = 0o755) -> dict[str, Any]:
+        ids = _ids()
+        return self.meta.ns(
+            "mkdir", True, path=paths.normalize(path), parents=parents, mode=mode, **ids
+        )
+
+    def rename(self, src: str, dst: str) -> None:
+        self.meta.ns("rename", True, src=paths.normalize(src), dst=paths.normalize(dst))
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        path = paths.normalize(path)
+        attrs = self.stat(path)
+        if attrs["type"] != "dir":
+            self.meta.ns("unlink", True, path=path)
+            return
+        if recursive:
+            for entry in list(self.scandir(path)):
+                self.remove(paths.join(path, entry["name"]), recursive=True)
+        if path != "/":
+            self.meta.ns("rmdir", True, path=path)
+
+    def symlink(self, target: str, path: str) -> None:
+        self.meta.ns("symlink", True, target=target, path=paths.normalize(path), **_ids())
+
+    def readlink(self, path: str) -> str:
+        return self.meta.ns("readlink", path=paths.normalize(path))["target"]
+
+    def setrep(self, path: str, rep: int, recursive: bool = False) -> None:
+        self.meta.ns("setrep", True, path=paths.normalize(path), rep=rep, recursive=recursive)
+
+    def statfs(self) -> dict[str, Any]:
+        return self.meta.ns("statfs")
+
+    def status(self) -> dict[str, Any]:
+        return self.meta.call("md.status")
+
+    # ------------------------------------------------------------ whole files
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> dict[str, Any]:
+        return self.upload(io.BytesIO(data), path, mode=mode)
+
+    def read_bytes(self, path: str) -> bytes:
+        out = io.BytesIO()
+        self.download(path, out)
+        return out.getvalue()
+
+    def put(
+        self, local: str | os.PathLike[str], remote: str, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        with open(local, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o7777
+            return self.upload(f, remote, mode=mode, progress=progress)
+
+    def get(
+        self, remote: str, local: str | os.PathLike[str], progress: Progress | None = None
+    ) -> int:
+        """Fetch to a temp file beside ``local`` and rename it into place at the end."""
+        local = Path(local)
+        tmp = local.with_name(f".{local.name}.dfs-part-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                n = self.download(remote, f, progress=progress)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return n
+
+    def open(self, path: str, mode: str = "rb") -> FileReader | FileWriter:
+        if mode in ("r", "rb"):
+            return FileReader(self, path)
+        if mode in ("w", "wb"):
+            return FileWriter(self, path)
+        raise ValueError(f"unsupported mode {mode!r} (use 'rb' or 'wb')")
+
+    # ------------------------------------------------------------ write path
+
+    def upload(
+        self,
+        stream: BinaryIO,
+        path: str,
+        *,
+        mode: int = 0o644,
+        progress: Progress | None = None,
+        expect_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Chunk, dedup, upload and commit ``stream`` as ``path``; returns the new attrs."""
+        path = paths.normalize(path)
+        rep = self._rep_for(path)
+        uploader = Uploader(self, rep, progress)
+        for chunk in split_stream(stream, self.chunking):
+            uploader.add(chunk)
+        extents = uploader.finish()
+        return self.commit(path, extents, mode=mode, expect_version=expect_version)
+
+    def commit(
+        self,
+        path: str,
+        extents: list[list[Any]],
+        *,
+        mode: int = 0o644,
+        expect_version: int | None = None,
+    ) -> dict[str, Any]:
+        size = sum(n for _, n in extents)
+        r = self.meta.ns(
+            "commit",
+            True,
+            path=path,
+            extents=extents,
+            size=size,
+            mode=mode,
+            expect_version=expect_version,
+            **_ids(),
+        )
+        return r["attrs"]
+
+    def _rep_for(self, path: str) -> int:
+        """The replication a new file at ``path`` will get: its own, else its directory's."""
+        for p in (path, paths.split(path)[0]):
+            try:
+                return int(self.stat(p)["rep"])
+            except DfsError as exc:
+                if exc.code not in ("ENOENT", "ENOTDIR"):
+                    raise
+        return 3
+
+    def locate(self, ids: list[str]) -> dict[str, list[str]]:
+        if not ids:
+            return {}
+        return self.meta.call("md.locate", {"ids": ids})["locations"]
+
+    def place(self, count: int, rep: int, exclude: Iterable[str] = ()) -> list[list[str]]:
+        r = self.meta.call("md.place", {"count": count, "rep": rep, "exclude": list(exclude)})
+        return r["chains"]
+
+    def report_bad(self, chunk: str, server: str) -> None:
+        try:
+            self.meta.call("md.report_bad", {"id": chunk, "server": server})
+        except DfsError:
+            pass  # best effort: the scrubber will find it too
+
+    # ------------------------------------------------------------ read path
+
+    def download(self, path: str, out: BinaryIO, progress: Progress | None = None) -> int:
+        info = self.meta.ns("file_chunks", path=paths.normalize(path))
+        total = 0
+        for data in self.iter_extents(info["extents"]):
+            out.write(data)
+            total += len(data)
+            if progress:
+                progress(len(data))
+        return total
+
+    def iter_extents(
+        self, extents: list[list[Any]], ahead: int = READ_AHEAD
+    ) -> Iterator[bytes | memoryview]:
+        """The content of a file's extents in order, several chunks fetched ahead."""
+        ids = sorted({cid for cid, _ in extents if cid})
+        locations: dict[str, list[str]] = {}
+        for i in range(0, len(ids), 1000):
+            locations.update(self.locate(ids[i : i + 1000]))
+        window: deque[tuple[Future | None, int]] = deque()
+        it = iter(extents)
+        for cid, length in it:
+            window.append(self._fetch_async(cid, length, locations))
+            if len(window) >= ahead:
+                break
+        while window:
+            fut, length = window.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                window.append(self._fetch_async(nxt[0], nxt[1], locations))
+            if fut is None:
+                yield bytes(length)  # a hole reads as zeros
+            else:
+                data = fut.result()
+                yield memoryview(data)[:length] if len(data) > length else data
+
+    def _fetch_async(
+        self, cid: str | None, length: int, locations: dict[str, list[str]]
+    ) -> tuple[Future | None, int]:
+        if cid is None:
+            return None, length
+        return self._pool.submit(self.fetch_chunk, cid, locations.get(cid)), length
+
+    def fetch_chunk(self, cid: str, replicas: list[str] | None = None) -> bytes:
+        """One chunk, verified: try each replica until one returns the right bytes."""
+        if replicas is None:
+            replicas = self.locate([cid]).get(cid, [])
+        tried: list[str] = []
+        for attempt in range(2):
+            for ep in replicas:
+                if ep in tried:
+                    continue
+                tried.append(ep)
+                try:
+                    reply = self.rpc.call(ep, "cs.get", {"id": cid})
+                except DfsError as exc:
+                    if exc.code == errors.CORRUPT:
+                        self.stats.bad_replicas += 1
+                        self.report_bad(cid, ep)
+                    continue
+                data = reply.frames[0]
+                if hashlib.sha256(data).hexdigest() != cid:
+                    self.stats.bad_replicas += 1
+                    self.report_bad(cid, ep)
+                    continue
+                self.stats.chunks_fetched += 1
+                self.stats.bytes_fetched += len(data)
+                return data
+            if attempt == 0:  # locations may be stale: ask again once
+                replicas = self.locate([cid]).get(cid, [])
+        raise DfsError(
+            errors.UNAVAILABLE,
+            f"chunk {cid[:16]}...: no replica could serve it (tried {len(tried)})",
+        )
+
+
+class Uploader:
+    """Hashes chunks on a pool and sends the missing ones, a window in flight."""
+
+    def __init__(self, client: Client, rep: int, progress: Progress | None = None) -> None:
+        self.client = client
+        self.rep = rep
+        self.progress = progress
+        self.extents: list[list[Any]] = []
+        self._batch: list[tuple[Future, bytes]] = []
+        self._inflight: deque[tuple[Future, int]] = deque()
+        self._inflight_bytes = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._batch.append((self.client._pool.submit(_sha256_hex, chunk), chunk))
+        if len(self._batch) >= BATCH_CHUNKS:
+            self._flush_batch()
+
+    def finish(self) -> list[list[Any]]:
+        self._flush_batch()
+        while self._inflight:
+            self._wait_one()
+        return self.extents
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        batch = [(f.result(), c) for f, c in self._batch]
+        self._batch = []
+        self.extents.extend([cid, len(c)] for cid, c in batch)
+        unique = dict(batch)
+        have = self.client.locate(list(unique))
+        missing = [(cid, c) for cid, c in unique.items() if not have.get(cid)]
+        deduped = sum(len(c) for cid, c in batch if have.get(cid))
+        self.client.stats.chunks_deduped += len(unique) - len(missing)
+        if self.progress and deduped:
+            self.progress(deduped)
+        if not missing:
+            return
+        chains = self.client.place(len(missing), self.rep)
+        for (cid, data), chain in zip(missing, chains):
+            fut = self.client._pool.submit(self._put, cid, data, chain)
+            self._inflight.append((fut, len(data)))
+            self._inflight_bytes += len(data)
+            while self._inflight_bytes > UPLOAD_WINDOW_BYTES:
+                self._wait_one()
+
+    def _wait_one(self) -> None:
+        fut, n = self._inflight.popleft()
+        self._inflight_bytes -= n
+        fut.result()  # raises: the upload fails before anything is committed
+        if self.progress:
+            self.progress(n)
+
+    def _put(self, cid: str, data: bytes, chain: list[str]) -> list[str]:
+        """Chained put; on failure, a new placement that avoids the servers that failed."""
+        failed: list[str] = []
+        last: DfsError | None = None
+        for _ in range(4):
+            if not chain:
+                break
+            try:
+                reply = self.client.rpc.call(
+                    chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
+                )
+                self.client.stats.chunks_sent += 1
+                self.client.stats.bytes_sent += len(data)
+                return reply.fields["stored"]
+            except DfsError as exc:
+                if exc.code == errors.HASH_MISMATCH:
+                    raise
+                last = exc
+                failed.extend(chain)  # we cannot tell which link failed: avoid them all
+                try:
+                    chain = self.client.place(1, self.rep, exclude=failed)[0]
+                except (DfsError, IndexError):
+                    failed.clear()  # too few servers left to avoid them all: retry any
+                    time.sleep(0.2)
+                    chain = self.client.place(1, self.rep)[0]
+        raise DfsError(
+            errors.UNAVAILABLE,
+            f"could not store chunk {cid[:16]}...: {last.message if last else 'no chunkservers'}",
+        )
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _ids() -> dict[str, int]:
+    return {"uid": os.getuid(), "gid": os.getgid()}
+
+
+class FileReader(io.RawIOBase):
+    """A seekable, read-only view of one version of a file, chunk-cached."""
+
+    def __init__(self, client: Client, path: str, cache_chunks: int = 8) -> None:
+        super().__init__()
+        self.client = client
+        info = client.meta.ns("file_chunks", path=paths.normalize(path))
+        self.size: int = info["size"]
+        self.version: int = info["version"]
+        self._extents: list[tuple[int, str | None, int]] = []
+        off = 0
+        for cid, n in info["extents"]:
+            self._extents.append((off, cid, n))
+            off += n
+        self._pos = 0
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_chunks = cache_chunks
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        data = self.pread(self._pos, len(b))
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size - self._pos)
+        data = self.pread(self._pos, n)
+        self._pos += len(data)
+        return data
+
+    def pread(self, offset: int, n: int) -> bytes:
+        """Bytes [offset, offset+n) clipped to the file's size."""
+        out = bytearray()
+        end = min(self.size, offset + n)
+        i = self._index(offset)
+        while offset < end and i < len(self._extents):
+            start, _cid, length = self._extents[i]
+            piece = self._extent(i)
+            lo = offset - start
+            hi = min(length, end - start)
+            out += piece[lo:hi]
+            offset = start + hi
+            i += 1
+        return bytes(out)
+
+    def _index(self, offset: int) -> int:
+        lo, hi = 0, len(self._extents)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            start, _, length = self._extents[mid]
+            if start + length <= offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _extent(self, i: int) -> bytes:
+        cached = self._cache.get(i, _MISSING)
+        if cached is not _MISSING:
+            self._cache.move_to_end(i)
+            return cached  # type: ignore[return-value]
+        _, cid, length = self._extents[i]
+        data = bytes(length) if cid is None else self.client.fetch_chunk(cid)
+        self._cache[i] = data
+        while len(self._cache) > self._cache_chunks:
+            self._cache.popitem(last=False)
+        return data
+
+
+class FileWriter(io.RawIOBase):
+    """Write a new version of a file; it becomes visible, whole, at close()."""
+
+    def __init__(self, client: Client, path: str, mode: int = 0o644) -> None:
+        super().__init__()
+        self.client = client
+        self.path = paths.normalize(path)
+        self.mode = mode
+        self._chunker = Chunker(client.chunking)
+        self._uploader = Uploader(client, client._rep_for(self.path))
+        self.attrs: dict[str, Any] | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed file")
+        for chunk in self._chunker.feed(b):
+            self._uploader.add(chunk)
+        return len(b)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            for chunk in self._chunker.finish():
+                self._uploader.add(chunk)
+            extents = self._uploader.finish()
+            self.attrs = self.client.commit(self.path, extents, mode=self.mode)
+        finally:
+            super().close()
+
+    def abort(self) -> None:
+        """Drop what was written: nothing becomes visible."""
+        super().close()
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()  # an error inside ``with``: do not commit a partial file
+        else:
+            self.close()
+
+
+def connect(cluster: str | ClusterConfig | None = None, **kwargs: Any) -> Client:
+    """Connect to a cluster: endpoints, a cluster.toml path, or ``$DFS_CLUSTER``."""
+    config = cluster if isinstance(cluster, ClusterConfig) else resolve(cluster)
+    return Client(config, **kwargs)
