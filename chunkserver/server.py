@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from chunkserver.heartbeat import ChunkLog, Heartbeat
 from chunkserver.store import ChunkStore
 from dfs import rpc
 from dfs.errors import DfsError
@@ -49,6 +50,7 @@ class ChunkServer:
         # shorter than a client's timeout, so a dead next hop is reported as such
         self.client = rpc.RpcClient(security=security, timeout=FORWARD_TIMEOUT)
         self.endpoint = self.rpc.endpoint
+        self.chunk_log = ChunkLog()  # what the next heartbeat reports
         self._load = 0  # requests being served, reported in stat/heartbeats
         self._load_lock = threading.Lock()
         r = self.rpc.route
@@ -76,6 +78,8 @@ class ChunkServer:
             )
         with self._busy():
             created = self.store.put(chunk_id, data)
+        if created:
+            self.chunk_log.add(chunk_id)
         if downstream is None:
             return {"stored": [self.endpoint], "created": created}
 
@@ -108,7 +112,32 @@ class ChunkServer:
         return {"has": self.store.has(call.fields["ids"])}
 
     def delete(self, call: rpc.Call) -> Any:
-        return {"deleted": self.store.delete(call.fields["ids"])}
+        return {"deleted": self._delete(call.fields["ids"])}
+
+    def _delete(self, ids: list[str]) -> int:
+        n = self.store.delete(ids)
+        for cid in ids:
+            self.chunk_log.remove(cid)
+        return n
+
+    def run_command(self, cmd: dict[str, Any]) -> None:
+        """Work the metadata leader hands out with a heartbeat reply (GC, repair)."""
+        op = cmd.get("op")
+        if op == "delete":
+            self.rpc.submit(self._delete, list(cmd.get("ids", [])))
+        elif op == "replicate":
+            self.rpc.submit(self._replicate_now, cmd["id"], list(cmd["to"]))
+        else:
+            log.warning("ignoring unknown command %r from the metadata service", op)
+
+    def _replicate_now(self, chunk_id: str, targets: list[str]) -> None:
+        try:
+            data = self.store.get(chunk_id)
+            self.client.call(
+                targets[0], "cs.put", {"id": chunk_id, "forward": targets[1:]}, [data], timeout=30
+            )
+        except DfsError as exc:
+            log.warning("replicating %s to %s failed: %s", chunk_id[:12], targets, exc.message)
 
     def stat(self, call: rpc.Call | None = None) -> dict[str, Any]:
         out = dict(self.store.stat())
@@ -191,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", help="metadata endpoints or cluster.toml (default $DFS_CLUSTER)")
     p.add_argument("--key", help="cluster key file: every socket uses CURVE")
     p.add_argument("--capacity", type=parse_size, help="bytes this server may use (e.g. 100G)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="failure-domain label, e.g. rack=r1 (repeatable)",
+    )
     p.add_argument("--workers", type=int, default=4, help="disk/hash worker threads")
     p.add_argument("--pid-file", type=Path, help="write the process id here")
     p.add_argument("--endpoint-file", type=Path, help="write the bound endpoint here")
@@ -227,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("chunkserver serving %s on %s", args.data, server.endpoint)
     heartbeat = None
     if args.cluster:
-        from chunkserver.heartbeat import Heartbeat  # the metadata seam
-
-        heartbeat = Heartbeat(server, args.cluster, args.key).start()
+        labels = dict(kv.split("=", 1) for kv in args.label if "=" in kv)
+        heartbeat = Heartbeat(server, args.cluster, args.key, labels).start()
     stop.wait()
     if heartbeat is not None:
         heartbeat.stop()
