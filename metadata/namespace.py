@@ -299,23 +299,33 @@ QUERIES: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 
 
-def _parse(spec: dict[str, tuple[Any, Any]], args: Any) -> dict[str, Any]:
-    if args is None:
-        args = {}
-    if type(args) is not dict:
-        raise _bad("args", "a map", args)
-    for k in args:
-        if type(k) is not str or k not in spec:
-            raise DfsError("EINVAL", f"unknown argument {str(k)[:40]!r}")
-    out = {}
-    for k, (check, default) in spec.items():
-        v = args.get(k)
-        if v is None:
-            if default is REQ:
-                raise DfsError("EINVAL", f"missing argument {k!r}")
-            out[k] = default
-        else:
-            out[k] = check(k, v)
+_DEFAULTS = {
+    op: {k: d for k, (_c, d) in spec.items()}
+    for table in (MUTATIONS, QUERIES)
+    for op, spec in table.items()
+}
+_REQUIRED = {
+    op: [k for k, (_c, d) in spec.items() if d is REQ]
+    for table in (MUTATIONS, QUERIES)
+    for op, spec in table.items()
+}
+
+
+def _parse(op: str, spec: dict[str, tuple[Any, Any]], args: Any) -> dict[str, Any]:
+    """Check every argument of op; None stands for "not given"."""
+    out = dict(_DEFAULTS[op])
+    if args is not None:
+        if type(args) is not dict:
+            raise _bad("args", "a map", args)
+        for k, v in args.items():
+            ent = spec.get(k) if type(k) is str else None
+            if ent is None:
+                raise DfsError("EINVAL", f"unknown argument {str(k)[:40]!r}")
+            if v is not None:
+                out[k] = ent[0](k, v)
+    for k in _REQUIRED[op]:
+        if out[k] is REQ:
+            raise DfsError("EINVAL", f"missing argument {k!r}")
     return out
 
 
@@ -336,7 +346,6 @@ class Namespace:
     def __init__(self, session_timeout_ns: int = DEFAULT_SESSION_TIMEOUT) -> None:
         self.root = Dir(ROOT_INO, meta(S_IFDIR | 0o755, 0, 0, DEFAULT_REP, 2), 0, 1)
         self.next_ino = ROOT_INO + 1
-        self.clock = 0  # highest command time seen (monotonic)
         self.refs = ChunkRefs()
         self.sessions = Sessions(session_timeout_ns)
         self.xattrs: dict[int, dict[str, bytes]] = {}  # ino -> name -> value
@@ -365,12 +374,13 @@ class Namespace:
                 raise DfsError("ENOSYS", f"unknown operation {str(op)[:40]!r}")
         except DfsError as e:
             return _err(e)
-        if ts > self.clock:
-            self.clock = ts
-        self.sessions.expire(self.clock)
+        sessions = self.sessions
+        now = sessions.now(ts)
+        if sessions.table:
+            sessions.expire(now)
         track = client is not None and seq is not None
         if track:
-            got = self.sessions.lookup(client, seq)
+            got = sessions.lookup(client, seq)
             if got == OLD_SEQ:
                 return {
                     "ok": False,
@@ -381,7 +391,7 @@ class Namespace:
                 return msgpack.unpackb(got, raw=False)
         result = self._run(MUTATIONS, op, cmd.get("args"), ts)
         if track:
-            self.sessions.record(client, seq, self.clock, _PACK.pack(result))
+            sessions.record(client, seq, now, _PACK.pack(result))
         return result
 
     def query(self, op: Any, args: Any = None) -> dict[str, Any]:
@@ -392,7 +402,7 @@ class Namespace:
 
     def _run(self, table: dict, op: str, args: Any, ts: int | None) -> dict[str, Any]:
         try:
-            a = _parse(table[op], args)
+            a = _parse(op, table[op], args)
             return getattr(self, "_op_" + op)(a, ts)
         except DfsError as e:
             return _err(e)

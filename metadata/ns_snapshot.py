@@ -136,7 +136,6 @@ def dump(ns: Any) -> bytes:
         "format": FORMAT,
         "version": VERSION,
         "next_ino": ns.next_ino,
-        "clock": ns.clock,
         "session_timeout": ns.sessions.timeout_ns,
         "count": len(names),
         "meta": [list(m) for m in meta_table],
@@ -165,13 +164,15 @@ def dump(ns: Any) -> bytes:
 
 
 def load(cls: Any, data: bytes) -> Any:
-    raw = zstandard.ZstdDecompressor().decompress(data)
-    st = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data)
+        st = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (zstandard.ZstdError, ValueError) as e:
+        raise ValueError(f"corrupt namespace snapshot: {e}") from e
     if type(st) is not dict or st.get("format") != FORMAT or st.get("version") != VERSION:
         raise ValueError("not a dfs namespace snapshot (or an unknown version)")
     ns = cls(session_timeout_ns=st["session_timeout"])
     ns.next_ino = st["next_ino"]
-    ns.clock = st["clock"]
     metas = [meta(*m) for m in st["meta"]]
     names = st["names"].decode("utf-8", "surrogatepass").split("/")
     count = st["count"]

@@ -21,12 +21,22 @@ OLD_SEQ = "EOLDSEQ"  # the request's seq is older than the client's last one
 class Sessions:
     def __init__(self, timeout_ns: int) -> None:
         self.timeout_ns = timeout_ns
-        # client -> (seq, last_used, packed reply); ordered by last_used (non-decreasing,
-        # because last_used is the namespace's monotonic clock)
+        # client -> (seq, last_used, packed reply); ordered by last_used, which never
+        # decreases along the order because it comes from now()
         self.table: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def now(self, ts: int) -> int:
+        """The session clock: the command time, never below the newest session's
+        last use (leader clocks may step back a little across elections)."""
+        table = self.table
+        if table:
+            last = table[next(reversed(table))][1]
+            if last > ts:
+                return last
+        return ts
 
     def expire(self, now: int) -> int:
         """Drop every session idle since before now - timeout; returns how many."""
