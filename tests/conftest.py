@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dfs.client import Client, connect
 from dfs.rpc import RpcClient
+from tools.cluster import LocalCluster
 from tools.procs import Proc, spawn
 
 
@@ -40,5 +42,23 @@ def start_chunkserver(tmp_path: Path, procs: list[Proc]) -> Callable[..., Proc]:
 @pytest.fixture
 def client() -> Iterator[RpcClient]:
     c = RpcClient(timeout=10.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3 metadata + 3 chunkserver cluster, shared by a test module."""
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, 3)
+    try:
+        c.start(timeout=60)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def dfs_client(cluster: LocalCluster) -> Iterator[Client]:
+    c = connect(str(cluster.cluster_file))
     yield c
     c.close()
