@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
 from metadata import placement
+from metadata.maintenance import Maintenance, MaintenanceConfig
 from metadata.namespace import Namespace
 from metadata.raft.core import NotLeader, ProposalDropped, RaftConfig, RaftNode
 from metadata.raft.messages import EntryType, Message, Role
@@ -53,7 +55,14 @@ SNAPSHOT_EVERY = 20_000  # applied entries between snapshots (log compaction)
 @dataclass
 class _Proposal:
     term: int
-    call: rpc.Call
+    call: rpc.Call | None = None
+    on_result: Callable[[dict[str, Any]], None] | None = None  # internal proposals
+
+    def fail(self, error: DfsError) -> None:
+        if self.call is not None:
+            self.call.fail(error)
+        elif self.on_result is not None:
+            self.on_result({"ok": False, "code": error.code, "msg": error.message})
 
 
 class MetadataNode:
@@ -68,6 +77,7 @@ class MetadataNode:
         *,
         security: Security | None = None,
         tick: float = TICK,
+        maintenance: MaintenanceConfig | None = None,
     ) -> None:
         self.id = node_id
         self.peers = dict(peers)  # node id -> endpoint (including this node)
@@ -87,6 +97,7 @@ class MetadataNode:
         self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
         self.last_snapshot = applied
         self.registry = Registry()
+        self.maintenance = Maintenance(self, maintenance)
         self.rng = random.Random()
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.proposals: dict[int, _Proposal] = {}
@@ -187,6 +198,8 @@ class MetadataNode:
             if self._not_leader(payload):
                 return
             self.read_batch.append((payload.request.op.removeprefix("md."), payload))
+        elif kind == "call":  # a completion routed back onto the driver thread
+            payload()
         elif kind == "leader":
             if self._not_leader(payload):
                 return
@@ -214,20 +227,27 @@ class MetadataNode:
         }
         self._propose_cmd(cmd, call)
 
-    def _propose_cmd(self, cmd: dict[str, Any], call: rpc.Call | None) -> None:
+    def propose_internal(
+        self, cmd: dict[str, Any], on_result: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """A command of the leader's own (GC), stamped with the time like any other."""
+        cmd = {"client": None, "seq": None, "ts": time.time_ns(), **cmd}
+        self._propose_cmd(cmd, _Proposal(0, None, on_result or (lambda r: None)))
+
+    def _propose_cmd(self, cmd: dict[str, Any], prop: _Proposal | rpc.Call) -> None:
+        if isinstance(prop, rpc.Call):
+            prop = _Proposal(0, prop)
         try:
             index, term = self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except NotLeader as exc:
-            if call is not None:
-                hint = self.peers.get(exc.leader_hint) if exc.leader_hint else None
-                call.fail(DfsError(errors.NOT_LEADER, "not the metadata leader", leader=hint))
+            hint = self.peers.get(exc.leader_hint) if exc.leader_hint else None
+            prop.fail(DfsError(errors.NOT_LEADER, "not the metadata leader", leader=hint))
             return
         except ProposalDropped as exc:
-            if call is not None:
-                call.fail(DfsError(errors.NOT_LEADER, f"leader busy: {exc}", leader=None))
+            prop.fail(DfsError(errors.NOT_LEADER, f"leader busy: {exc}", leader=None))
             return
-        if call is not None:
-            self.proposals[index] = _Proposal(term, call)
+        prop.term = term
+        self.proposals[index] = prop
 
     # ------------------------------------------------------------ reads
 
@@ -290,7 +310,7 @@ class MetadataNode:
         prop = self.proposals.pop(entry.index, None)
         if entry.type != EntryType.NORMAL or not entry.data:
             if prop is not None:
-                prop.call.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=None))
+                prop.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=None))
             return
         try:
             cmd = msgpack.unpackb(entry.data, raw=False)
@@ -301,18 +321,21 @@ class MetadataNode:
         if prop is None:
             return
         if prop.term != entry.term:  # our proposal lost to another leader's entry
-            prop.call.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=None))
-            return
-        self._answer(prop.call, result)
+            prop.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=None))
+        elif prop.call is not None:
+            self._answer(prop.call, result)
+        elif prop.on_result is not None:
+            prop.on_result(result)
 
     def _on_role_change(self, role: Role) -> None:
         if role == Role.LEADER:
             log.info("node %d is the leader (term %d)", self.id, self.raft.term)
             self.registry = Registry(started=time.monotonic(), settle=2 * SERVER_TIMEOUT / 3)
+            self.maintenance = Maintenance(self, self.maintenance.cfg)
             return
         for prop in self.proposals.values():
             hint = self.peers.get(self.raft.leader_id)
-            prop.call.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=hint))
+            prop.fail(DfsError(errors.NOT_LEADER, "leadership changed", leader=hint))
         self.proposals.clear()
         for calls in self.reads.values():
             for _, call in calls:
@@ -333,6 +356,7 @@ class MetadataNode:
             return
         for ep in self.registry.expire(now, SERVER_TIMEOUT):
             log.warning("chunkserver %s is silent: marked dead", ep)
+        self.maintenance.tick(now)
 
     def _serve_leader_op(self, call: rpc.Call) -> None:
         op = call.request.op.removeprefix("md.")
@@ -362,6 +386,8 @@ class MetadataNode:
             call.respond({"known": known, "commands": []})
         elif op == "status":
             call.respond(self.status())
+        elif op == "fsck":
+            call.respond(self.maintenance.fsck())
         else:
             call.fail(DfsError(errors.UNKNOWN_OP, f"md.{op} is not available yet"))
 
