@@ -281,7 +281,7 @@ class MetadataNode:
     def _process_ready(self) -> None:
         rd = self.raft.ready()
         if rd.must_sync():
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot)
         self._send(rd.messages)
         if rd.install_snapshot and rd.snapshot is not None:
             self.ns = Namespace.restore(rd.snapshot.data)

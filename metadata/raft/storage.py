@@ -1,0 +1,292 @@
+"""Durable Raft storage: a write-ahead log in segment files, plus snapshots.
+
+Each ``save`` (one Ready) appends its records and fsyncs once, so every
+proposal that arrived while the previous fsync ran shares the next one (group
+commit). A record is ``[u32 length][u64 xxh3 of body][body]`` with a msgpack
+body (a hard state, an entry, or a snapshot marker). Replay applies records in
+order with ``PersistentState.apply_save`` semantics: an entry at an index we
+already hold truncates the suffix from there, so a conflicting suffix never
+needs rewriting.
+
+On open, a torn or corrupt tail (a crash mid-write) is detected by its length
+or checksum and cut off; everything before it survives. Snapshots are written
+to a temp file, fsync'd, renamed and the directory fsync'd; segments wholly
+covered by the newest snapshot are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import xxhash
+
+from .messages import Entry, EntryType, HardState, PersistentState, Snapshot
+
+log = logging.getLogger("dfs.raft.storage")
+
+_REC = struct.Struct("<IQ")  # body length, xxh3_64(body)
+_SNAP_MAGIC = b"DFSSNAP1"
+SEGMENT_BYTES = 64 << 20
+_HS, _ENT, _SNAPMARK = 0, 1, 2
+
+
+@dataclass
+class _Segment:
+    path: Path
+    seq: int  # segments are replayed in this order
+    last: int = 0  # highest entry index written to it
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RaftStorage:
+    """WAL segments + snapshot files under one directory."""
+
+    def __init__(self, root: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self.segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._size = 0
+        self.state = PersistentState()
+        self.cut_bytes = 0  # bytes of torn/corrupt tail removed at open
+        self._loaded = False
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> PersistentState:
+        """Replay snapshot + WAL; cut a torn tail. Returns a copy of the state."""
+        for tmp in self.root.glob("*.tmp"):
+            tmp.unlink()
+        snap = self._load_snapshot()
+        state = PersistentState()
+        if snap is not None:
+            state.apply_snapshot(snap)
+        paths = sorted(self.root.glob("wal-*.log"))
+        for i, path in enumerate(paths):
+            seg = _Segment(path, int(path.stem.split("-")[1]))
+            ok = self._replay(seg, state)
+            self.segments.append(seg)
+            if not ok:  # corruption: nothing after it can be trusted
+                for later in paths[i + 1 :]:
+                    log.warning("dropping WAL segment %s after a corrupt record", later.name)
+                    later.unlink()
+                break
+        if snap is not None and state.snapshot is not None and state.snapshot.index == snap.index:
+            state.snapshot = snap  # the marker carried no data: take it from the file
+        elif (
+            state.snapshot is not None
+            and state.snapshot.data == b""
+            and (snap is None or snap.index < state.snapshot.index)
+        ):
+            raise RuntimeError("WAL names a snapshot whose file is missing")
+        self.state = state
+        self._loaded = True
+        self._open_tail()
+        return state.copy()
+
+    def _replay(self, seg: _Segment, state: PersistentState) -> bool:
+        data = seg.path.read_bytes()
+        off = 0
+        while off < len(data):
+            if off + _REC.size > len(data):
+                return self._cut(seg, off, len(data), "torn record header")
+            n, check = _REC.unpack_from(data, off)
+            body = data[off + _REC.size : off + _REC.size + n]
+            if len(body) < n:
+                return self._cut(seg, off, len(data), "torn record")
+            if xxhash.xxh3_64_intdigest(body) != check:
+                return self._cut(seg, off, len(data), "checksum mismatch")
+            try:
+                self._apply_record(msgpack.unpackb(body, raw=False), state, seg)
+            except Exception as exc:
+                return self._cut(seg, off, len(data), f"bad record ({exc})")
+            off += _REC.size + n
+        return True
+
+    def _cut(self, seg: _Segment, off: int, size: int, why: str) -> bool:
+        log.warning(
+            "WAL %s: %s at offset %d: cutting %d bytes", seg.path.name, why, off, size - off
+        )
+        self.cut_bytes += size - off
+        with open(seg.path, "r+b") as f:
+            f.truncate(off)
+            f.flush()
+            os.fsync(f.fileno())
+        return False
+
+    @staticmethod
+    def _apply_record(rec: list, state: PersistentState, seg: _Segment) -> None:
+        kind = rec[0]
+        if kind == _HS:
+            state.hard_state = HardState(rec[1], rec[2], rec[3])
+        elif kind == _ENT:
+            e = Entry(rec[1], rec[2], EntryType(rec[3]), rec[4])
+            state.append_entry(e)
+            seg.last = max(seg.last, e.index)
+        elif kind == _SNAPMARK:
+            # a snapshot installed from the leader: the log before it is replaced,
+            # unless it holds the snapshot's last entry (then the suffix stays)
+            index, term = rec[1], rec[2]
+            base = state.snapshot.index if state.snapshot else 0
+            if index < base:
+                return
+            match = [e for e in state.entries if e.index == index and e.term == term]
+            state.entries = [e for e in state.entries if e.index > index] if match else []
+            if index > base:
+                state.snapshot = Snapshot(index, term, tuple(rec[3]), b"")
+
+    def _load_snapshot(self) -> Snapshot | None:
+        best: Snapshot | None = None
+        for path in sorted(self.root.glob("snap-*.bin")):
+            try:
+                snap = self._read_snapshot(path)
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable snapshot %s: %s", path.name, exc)
+                continue
+            if best is None or snap.index > best.index:
+                best = snap
+        return best
+
+    @staticmethod
+    def _read_snapshot(path: Path) -> Snapshot:
+        raw = path.read_bytes()
+        if not raw.startswith(_SNAP_MAGIC) or len(raw) < len(_SNAP_MAGIC) + _REC.size:
+            raise ValueError("not a snapshot file")
+        n, check = _REC.unpack_from(raw, len(_SNAP_MAGIC))
+        body = raw[len(_SNAP_MAGIC) + _REC.size :]
+        if len(body) != n or xxhash.xxh3_64_intdigest(body) != check:
+            raise ValueError("snapshot checksum mismatch")
+        index, term, voters, data = msgpack.unpackb(body, raw=False)
+        return Snapshot(index, term, tuple(voters), data)
+
+    # ------------------------------------------------------------ saving
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | None,
+        installed: bool = False,
+    ) -> None:
+        """Persist one Ready with a single fsync (the WAL's group commit).
+
+        ``installed``: the snapshot came from the leader (it replaces the log),
+        rather than from local compaction."""
+        if not self._loaded:
+            raise RuntimeError("load() must be called before save()")
+        records: list[bytes] = []
+        if snapshot is not None:
+            self._write_snapshot(snapshot)
+            if installed:
+                records.append(
+                    self._record([_SNAPMARK, snapshot.index, snapshot.term, list(snapshot.voters)])
+                )
+        if hard_state is not None:
+            records.append(self._record([_HS, hard_state.term, hard_state.vote, hard_state.commit]))
+        if entries and self._size >= self.segment_bytes:
+            self._roll()
+        for e in entries:
+            records.append(self._record([_ENT, e.index, e.term, int(e.type), e.data]))
+        if records:
+            buf = b"".join(records)
+            assert self._fd is not None
+            os.write(self._fd, buf)
+            os.fdatasync(self._fd)
+            self._size += len(buf)
+            if entries:
+                self.segments[-1].last = max(self.segments[-1].last, entries[-1].index)
+        if installed and snapshot is not None:
+            self._apply_record(
+                [_SNAPMARK, snapshot.index, snapshot.term, list(snapshot.voters)],
+                self.state,
+                self.segments[-1],
+            )
+            self.state.snapshot = snapshot
+            snapshot_for_state = None
+        else:
+            snapshot_for_state = snapshot
+        self.state.apply_save(hard_state, entries, snapshot_for_state)
+        if snapshot is not None:
+            self._compact(snapshot.index)
+
+    @staticmethod
+    def _record(rec: list) -> bytes:
+        body = msgpack.packb(rec, use_bin_type=True)
+        return _REC.pack(len(body), xxhash.xxh3_64_intdigest(body)) + body
+
+    def _write_snapshot(self, snap: Snapshot) -> None:
+        body = msgpack.packb(
+            [snap.index, snap.term, list(snap.voters), snap.data], use_bin_type=True
+        )
+        final = self.root / f"snap-{snap.index:020d}-{snap.term:020d}.bin"
+        tmp = final.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(_SNAP_MAGIC)
+            f.write(_REC.pack(len(body), xxhash.xxh3_64_intdigest(body)))
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+
+    def _compact(self, snap_index: int) -> None:
+        """Drop older snapshots and segments wholly before the snapshot."""
+        for path in self.root.glob("snap-*.bin"):
+            if int(path.stem.split("-")[1]) < snap_index:
+                path.unlink()
+        # a hard state record may live in any segment: keep the newest segment always,
+        # and rewrite the current hard state into the tail before dropping older ones
+        old = [s for s in self.segments[:-1] if s.last <= snap_index]
+        if not old:
+            return
+        hs = self.state.hard_state
+        rec = self._record([_HS, hs.term, hs.vote, hs.commit])
+        assert self._fd is not None
+        os.write(self._fd, rec)
+        os.fdatasync(self._fd)
+        self._size += len(rec)
+        for seg in old:
+            seg.path.unlink(missing_ok=True)
+            self.segments.remove(seg)
+        _fsync_dir(self.root)
+
+    def _open_tail(self) -> None:
+        if not self.segments:
+            self.segments.append(_Segment(self.root / f"wal-{1:08d}.log", 1))
+        tail = self.segments[-1]
+        self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size
+        _fsync_dir(self.root)
+
+    def _roll(self) -> None:
+        """Start a new segment; the current hard state is repeated in it."""
+        if self._fd is not None:
+            os.close(self._fd)
+        seq = self.segments[-1].seq + 1
+        seg = _Segment(self.root / f"wal-{seq:08d}.log", seq)
+        self.segments.append(seg)
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = 0
+        hs = self.state.hard_state
+        rec = self._record([_HS, hs.term, hs.vote, hs.commit])
+        os.write(self._fd, rec)
+        self._size += len(rec)
+        _fsync_dir(self.root)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
