@@ -276,7 +276,9 @@ class Client:
         for chunk in split_stream(stream, self.chunking):
             uploader.add(chunk)
         extents = uploader.finish()
-        return self.commit(path, extents, mode=mode, expect_version=expect_version)
+        return self.commit(
+            path, extents, mode=mode, expect_version=expect_version, stored=uploader.stored
+        )
 
     def commit(
         self,
@@ -285,18 +287,22 @@ class Client:
         *,
         mode: int = 0o644,
         expect_version: int | None = None,
+        stored: dict[str, list[str]] | None = None,
     ) -> dict[str, Any]:
+        """Make ``extents`` the file's content, atomically (creating it if needed).
+
+        ``stored`` tells the leader where new chunks were just written, so a
+        reader anywhere can find them the moment the commit returns."""
         size = sum(n for _, n in extents)
-        r = self.meta.ns(
-            "commit",
-            True,
-            path=path,
-            extents=extents,
-            size=size,
-            mode=mode,
-            expect_version=expect_version,
+        args = {
+            "path": path,
+            "extents": extents,
+            "size": size,
+            "mode": mode,
+            "expect_version": expect_version,
             **_ids(),
-        )
+        }
+        r = self.meta.call("md.commit", {"args": args, "stored": stored or {}}, mutate=True)
         return r["attrs"]
 
     def _rep_for(self, path: str) -> int:
@@ -409,6 +415,7 @@ class Uploader:
         self.rep = rep
         self.progress = progress
         self.extents: list[list[Any]] = []
+        self.stored: dict[str, list[str]] = {}  # chunk -> servers that acknowledged it
         self._batch: list[tuple[Future, bytes]] = []
         self._inflight: deque[tuple[Future, int]] = deque()
         self._inflight_bytes = 0
@@ -450,11 +457,12 @@ class Uploader:
     def _wait_one(self) -> None:
         fut, n = self._inflight.popleft()
         self._inflight_bytes -= n
-        fut.result()  # raises: the upload fails before anything is committed
+        cid, servers = fut.result()  # raises: the upload fails before anything is committed
+        self.stored[cid] = servers
         if self.progress:
             self.progress(n)
 
-    def _put(self, cid: str, data: bytes, chain: list[str]) -> list[str]:
+    def _put(self, cid: str, data: bytes, chain: list[str]) -> tuple[str, list[str]]:
         """Chained put; on failure, a new placement that avoids the servers that failed."""
         failed: list[str] = []
         last: DfsError | None = None
@@ -467,7 +475,7 @@ class Uploader:
                 )
                 self.client.stats.chunks_sent += 1
                 self.client.stats.bytes_sent += len(data)
-                return reply.fields["stored"]
+                return cid, reply.fields["stored"]
             except DfsError as exc:
                 if exc.code == errors.HASH_MISMATCH:
                     raise
@@ -608,7 +616,9 @@ class FileWriter(io.RawIOBase):
             for chunk in self._chunker.finish():
                 self._uploader.add(chunk)
             extents = self._uploader.finish()
-            self.attrs = self.client.commit(self.path, extents, mode=self.mode)
+            self.attrs = self.client.commit(
+                self.path, extents, mode=self.mode, stored=self._uploader.stored
+            )
         finally:
             super().close()
 

@@ -101,6 +101,13 @@ def _check_bytes(v: Any) -> bytes:
     return v
 
 
+def _check_locations(v: Any) -> dict[str, list[str]]:
+    """chunk id -> endpoints that acknowledged storing it."""
+    if type(v) is not dict or len(v) > MAX_IDS:
+        raise ValueError(f"expected a map of at most {MAX_IDS} chunk ids to endpoints")
+    return {check_chunk_id(k): _check_endpoints(eps) for k, eps in v.items()}
+
+
 INT: Callable[[Any], Any] = _check_int
 STR: Callable[[Any], Any] = _check_str
 BOOL = _check_bool
@@ -111,6 +118,7 @@ CHUNK_ID = check_chunk_id
 CHUNK_IDS = _check_chunk_ids
 ENDPOINT = check_endpoint
 ENDPOINTS = _check_endpoints
+LOCATIONS = _check_locations
 
 
 @dataclass(frozen=True)
@@ -197,9 +205,17 @@ NAMESPACE_QUERIES = [
     "all_chunks",
 ]
 
+# a commit also says where the new chunks were stored, so the leader can serve
+# their locations at once (chunkservers confirm with their next heartbeat)
+_COMMIT_FIELDS = {**_MD_FIELDS, "stored": opt(LOCATIONS)}
+
 _METADATA_OPS = [
     *(
-        Op(f"md.{name}", _MD_FIELDS, doc=f"namespace mutation {name}")
+        Op(
+            f"md.{name}",
+            _COMMIT_FIELDS if name == "commit" else _MD_FIELDS,
+            doc=f"namespace mutation {name}",
+        )
         for name in NAMESPACE_MUTATIONS
     ),
     *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}") for name in NAMESPACE_QUERIES),

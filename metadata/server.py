@@ -218,6 +218,10 @@ class MetadataNode:
         if self._not_leader(call):
             return
         f = call.fields
+        for cid, servers in (f.get("stored") or {}).items():
+            for ep in servers:  # only servers we know: a location hint, confirmed later
+                if self.registry.state(ep) is not None:
+                    self.registry.add_replica(cid, ep)
         cmd = {
             "op": call.request.op.removeprefix("md."),
             "args": f.get("args") or {},
