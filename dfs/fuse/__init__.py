@@ -1,0 +1,1 @@
+"""The FUSE mount: the cluster's namespace as a local directory (mfusepy on libfuse3)."""

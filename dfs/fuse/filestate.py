@@ -1,0 +1,393 @@
+"""One open file's content on the mount: committed extents, written bytes, uploads.
+
+A file's content is a list of extents ``[ref, length]``: the first ``length``
+bytes of a chunk (``ref`` a chunk id, or a ``Pending`` chunk still being
+uploaded) or a hole of zeros (``ref`` None). Writes land in a sorted set of
+dirty byte intervals over it. When enough is dirty, or at flush, each dirty
+interval is spliced in: the extents before it are kept (the one it starts in
+becomes a shorter prefix), the interval plus the old bytes up to the end of
+the chunk it ends in are cut into new content-defined chunks, and the extents
+after it are kept. So an overwrite in the middle of a large file re-uploads
+only about one chunk, and appends never touch what came before.
+
+New chunks upload in the background while the application keeps writing;
+``commit`` waits for them and then makes the new extent list visible in one
+metadata commit: close() returns only when the data is durable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dfs import errors
+from dfs.chunking import split_buffer
+from dfs.client import Client, Uploader
+from dfs.errors import DfsError
+from dfs.fuse.cache import ChunkCache
+
+log = logging.getLogger("dfs.fuse.file")
+
+SEAL_BYTES = 16 << 20  # dirty bytes of one file that start a background upload
+READAHEAD_CHUNKS = 6  # chunks fetched ahead of a sequential reader
+
+
+class Pending:
+    """A chunk cut from written data: bytes until uploaded, then its id."""
+
+    __slots__ = ("cid", "data", "done", "error", "length")
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+        self.length = len(data)
+        self.cid: str | None = None
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+Ref = Any  # None (hole) | str (chunk id) | Pending
+
+
+class Writeback:
+    """The mount's upload pipeline, with a bound on bytes not yet uploaded."""
+
+    def __init__(self, client: Client, cache: ChunkCache, limit: int, workers: int = 4) -> None:
+        self.client = client
+        self.cache = cache
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfs-upload")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def submit(self, chunks: list[Pending], rep: int) -> None:
+        n = sum(p.length for p in chunks)
+        with self._cond:
+            while self._inflight and self._inflight + n > self.limit:
+                self._cond.wait()
+            self._inflight += n
+        self._pool.submit(self._upload, chunks, rep, n)
+
+    def _upload(self, chunks: list[Pending], rep: int, n: int) -> None:
+        try:
+            up = Uploader(self.client, rep)
+            for p in chunks:
+                up.add(p.data)  # type: ignore[arg-type]
+            exts = up.finish()
+            for p, (cid, _n) in zip(chunks, exts):
+                p.cid = cid
+                self.cache.put(cid, p.data)  # type: ignore[arg-type]
+                p.data = None
+        except BaseException as exc:
+            log.warning("upload of %d chunks failed: %s", len(chunks), exc)
+            for p in chunks:
+                p.error = exc
+        finally:
+            for p in chunks:
+                p.done.set()
+            with self._cond:
+                self._inflight -= n
+                self._cond.notify_all()
+
+
+class FileState:
+    """Shared by every handle of one inode on this mount."""
+
+    def __init__(
+        self,
+        fs: Any,
+        ino: int,
+        path: str | None,
+        extents: list[list[Any]],
+        size: int,
+        version: int,
+        rep: int,
+    ) -> None:
+        self.fs = fs
+        self.ino = ino
+        self.path = path
+        self.rep = rep
+        self.mu = threading.RLock()
+        self.version = version
+        self.refs = 0
+        self.attrs: dict[str, Any] = {}
+        self._set_extents([[c, n] for c, n in extents])
+        self.size = size
+        self._starts: list[int] = []
+        self._bufs: list[bytearray] = []
+        self.dirty_bytes = 0
+        self.modified = False
+        self.mtime_ns: int | None = None
+        self._last_read_end = 0
+
+    # ------------------------------------------------------------ extents
+
+    def _set_extents(self, ext: list[list[Any]]) -> None:
+        out: list[list[Any]] = []
+        for ref, n in ext:
+            if n <= 0:
+                continue
+            if ref is None and out and out[-1][0] is None:
+                out[-1][1] += n
+            else:
+                out.append([ref, n])
+        self.ext = out
+        self.offs: list[int] = []
+        off = 0
+        for _ref, n in out:
+            self.offs.append(off)
+            off += n
+        self.base = off
+
+    def refresh(self, extents: list[list[Any]], size: int, version: int) -> None:
+        """Take a newer committed version (only while nothing is written here)."""
+        with self.mu:
+            if self.modified or version == self.version:
+                return
+            self._set_extents([[c, n] for c, n in extents])
+            self.size = size
+            self.version = version
+
+    def _chunk_bytes(self, ref: Ref) -> bytes:
+        if isinstance(ref, Pending):
+            data = ref.data
+            if data is not None:
+                return data
+            ref.done.wait()
+            if ref.cid is None:
+                raise DfsError(errors.UNAVAILABLE, f"upload failed: {ref.error}")
+            return self.fs.cache.get(ref.cid)
+        return self.fs.cache.get(ref)
+
+    # ------------------------------------------------------------ reading
+
+    def read(self, off: int, n: int) -> bytes:
+        with self.mu:
+            end = min(self.size, off + n)
+            if off >= end:
+                return b""
+            pieces: list[tuple[int, Ref, int, int]] = []  # (dst, ref, lo, hi)
+            upto = min(end, self.base)
+            i = max(0, bisect.bisect_right(self.offs, off) - 1)
+            pos = off
+            while pos < upto and i < len(self.ext):
+                ref, length = self.ext[i]
+                s = self.offs[i]
+                hi = min(length, upto - s)
+                if ref is not None:
+                    pieces.append((pos - off, ref, pos - s, hi))
+                pos = s + hi
+                i += 1
+            ahead: list[str] = []
+            if off <= self._last_read_end <= off + n or off == 0:
+                for ref, _n in self.ext[i : i + READAHEAD_CHUNKS]:
+                    if isinstance(ref, str):
+                        ahead.append(ref)
+            self._last_read_end = end
+            overlay = self._dirty_overlay(off, end)
+        cids = [r for _d, r, _l, _h in pieces if isinstance(r, str)]
+        if cids or ahead:
+            self.fs.cache.locate(cids + ahead)
+        if ahead:
+            self.fs.cache.prefetch(ahead)
+        out = bytearray(end - off)
+        for dst, ref, lo, hi in pieces:
+            data = self._chunk_bytes(ref)
+            out[dst : dst + hi - lo] = memoryview(data)[lo:hi]
+        for dst, data in overlay:
+            out[dst : dst + len(data)] = data
+        return bytes(out)
+
+    def _dirty_overlay(self, off: int, end: int) -> list[tuple[int, bytes]]:
+        out = []
+        i = max(0, bisect.bisect_right(self._starts, off) - 1)
+        while i < len(self._starts) and self._starts[i] < end:
+            s, buf = self._starts[i], self._bufs[i]
+            lo, hi = max(off, s), min(end, s + len(buf))
+            if lo < hi:
+                out.append((lo - off, bytes(buf[lo - s : hi - s])))
+            i += 1
+        return out
+
+    # ------------------------------------------------------------ writing
+
+    def write(self, off: int, data: bytes) -> int:
+        if not data:
+            return 0
+        with self.mu:
+            self._dirty_insert(off, data)
+            end = off + len(data)
+            if end > self.size:
+                self.size = end
+            self.modified = True
+            self.mtime_ns = time.time_ns()
+            if self.dirty_bytes >= SEAL_BYTES:
+                self._seal(final=False)
+        return len(data)
+
+    def _dirty_insert(self, off: int, data: bytes) -> None:
+        starts, bufs = self._starts, self._bufs
+        end = off + len(data)
+        i = bisect.bisect_right(starts, off) - 1
+        first = i if i >= 0 and starts[i] + len(bufs[i]) >= off else i + 1
+        last = bisect.bisect_right(starts, end) - 1
+        if first > last:
+            starts.insert(first, off)
+            bufs.insert(first, bytearray(data))
+            self.dirty_bytes += len(data)
+            return
+        s0, b0 = starts[first], bufs[first]
+        if first == last and s0 <= off:
+            if off == s0 + len(b0):  # append to the interval (the sequential case)
+                b0 += data
+                self.dirty_bytes += len(data)
+                return
+            if end <= s0 + len(b0):  # rewrite inside it
+                b0[off - s0 : end - s0] = data
+                return
+        new_start = min(s0, off)
+        new_end = max(starts[last] + len(bufs[last]), end)
+        buf = bytearray(new_end - new_start)
+        for k in range(first, last + 1):
+            s = starts[k] - new_start
+            buf[s : s + len(bufs[k])] = bufs[k]
+            self.dirty_bytes -= len(bufs[k])
+        buf[off - new_start : end - new_start] = data
+        starts[first : last + 1] = [new_start]
+        bufs[first : last + 1] = [buf]
+        self.dirty_bytes += len(buf)
+
+    def truncate(self, size: int) -> None:
+        with self.mu:
+            if size < self.size:
+                while self._starts and self._starts[-1] >= size:
+                    self._starts.pop()
+                    self.dirty_bytes -= len(self._bufs.pop())
+                if self._starts:
+                    s, buf = self._starts[-1], self._bufs[-1]
+                    if s + len(buf) > size:
+                        self.dirty_bytes -= s + len(buf) - size
+                        del buf[size - s :]
+                if size < self.base:
+                    ext = []
+                    left = size
+                    for ref, n in self.ext:
+                        if left <= 0:
+                            break
+                        ext.append([ref, min(n, left)])
+                        left -= n
+                    self._set_extents(ext)
+            self.size = size
+            self.modified = True
+            self.mtime_ns = time.time_ns()
+
+    # ------------------------------------------------------------ sealing
+
+    def _seal(self, final: bool) -> None:
+        """Turn dirty intervals into (uploading) chunks in the extent list."""
+        starts, bufs = self._starts, self._bufs
+        self._starts, self._bufs = [], []
+        self.dirty_bytes = 0
+        for k, (a, buf) in enumerate(zip(starts, bufs)):
+            at_eof = k == len(starts) - 1 and a + len(buf) >= self.size
+            kept = self._splice(a, buf, holdback=at_eof and not final)
+            if kept:
+                self._starts.append(a + len(buf) - kept)
+                self._bufs.append(buf[len(buf) - kept :])
+                self.dirty_bytes += kept
+
+    def _splice(self, a: int, data: bytearray, holdback: bool) -> int:
+        """Replace bytes [a, a+len(data)) of the extents; returns bytes held back."""
+        b = a + len(data)
+        if a > self.base:
+            self._set_extents([*self.ext, [None, a - self.base]])
+        ext, offs = self.ext, self.offs
+        i = bisect.bisect_right(offs, a) - 1 if a < self.base else len(ext)
+        prefix = ext[:i]
+        if i < len(ext) and a > offs[i]:
+            prefix.append([ext[i][0], a - offs[i]])
+        suffix: list[list[Any]] = []
+        tail: bytes | memoryview = b""
+        if b < self.base:
+            j = bisect.bisect_right(offs, b) - 1
+            ref, n = ext[j]
+            s = offs[j]
+            if b == s:
+                suffix = ext[j:]
+            elif ref is None:
+                suffix = [[None, s + n - b], *ext[j + 1 :]]
+            else:
+                tail = memoryview(self._chunk_bytes(ref))[b - s : n]
+                suffix = ext[j + 1 :]
+        content = bytes(data) + bytes(tail) if tail else bytes(data)
+        cuts = [bytes(v) for v in split_buffer(content, self.fs.client.chunking)]
+        kept = 0
+        if holdback and not tail and b >= self.base:
+            if len(cuts) <= 1:
+                return len(data)  # not even one whole chunk yet: keep it all dirty
+            kept = len(cuts.pop())
+        new = [Pending(c) for c in cuts]
+        self._set_extents(prefix + [[p, p.length] for p in new] + suffix)
+        self.fs.writeback.submit(new, self.rep)
+        return kept
+
+    # ------------------------------------------------------------ commit
+
+    def commit(self, path: str | None) -> None:
+        """Upload what is written and make it the file's content (flush/fsync)."""
+        with self.mu:
+            if not self.modified:
+                return
+            if path is None:  # unlinked while open: its content goes with it
+                self.modified = False
+                return
+            self._seal(final=True)
+            if self.size > self.base:
+                self._set_extents([*self.ext, [None, self.size - self.base]])
+            for attempt in range(2):
+                failed = []
+                for ref, _n in self.ext:
+                    if isinstance(ref, Pending):
+                        ref.done.wait()
+                        if ref.cid is None:
+                            failed.append(ref)
+                if not failed:
+                    break
+                if attempt == 1:
+                    raise DfsError(errors.UNAVAILABLE, f"upload failed: {failed[0].error}")
+                for p in failed:  # one more try: the pipeline picks new chunkservers
+                    p.error = None
+                    p.done.clear()
+                self.fs.writeback.submit(failed, self.rep)
+            extents = [[r.cid if isinstance(r, Pending) else r, n] for r, n in self.ext]
+            try:
+                r = self.fs.client.meta.ns(
+                    "commit", True, path=path, extents=extents, size=self.size, create=False
+                )
+            except DfsError as exc:
+                if exc.code != "ENOENT":
+                    raise
+                log.info("commit %s: file is gone (%s); dropping its content", path, exc)
+                self.modified = False
+                return
+            attrs = r["attrs"]
+            self._set_extents(extents)
+            self.version = attrs["version"]
+            self.attrs = attrs
+            self.modified = False
+            self.mtime_ns = None
+
+    def zero_range(self, off: int, length: int) -> None:
+        """fallocate(PUNCH_HOLE / ZERO_RANGE) inside the file: write zeros."""
+        end = min(self.size, off + length)
+        step = 4 << 20
+        while off < end:
+            n = min(step, end - off)
+            self.write(off, bytes(n))
+            off += n
