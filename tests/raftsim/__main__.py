@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from .broken import BROKEN as BROKEN_NAMES
 from .sim import Simulator
 
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", "-v", action="store_true", help="print the event trace")
     ap.add_argument(
         "--broken",
-        choices=("commit-old-term", "forget-vote"),
+        choices=sorted(BROKEN_NAMES),
         help="run a deliberately broken core (to see the checks bite)",
     )
     args = ap.parse_args(argv)

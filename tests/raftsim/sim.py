@@ -223,9 +223,9 @@ class Simulator:
         self.acked: dict[str, list[tuple[int, int]]] = {k: [] for k in KEYS}
         self.read_seq = 0
         self.pending_reads: dict[bytes, tuple[int, int, str, int, int]] = {}
-        self.served_reads: set[bytes] = set()
+        self.served_reads: set[bytes] = set()  # answered or abandoned (asker crashed)
         self.leader_hint = NONE
-        self.marker_index: tuple[int, int, int] | None = None
+        self.markers: set[tuple[int, int, int]] = set()
         self.marker_at = -(10**9)
         self.live_ok = False
 
@@ -377,6 +377,9 @@ class Simulator:
         n.writing = None
         for k in [k for k in self.pending_writes if k[0] == n.id]:
             del self.pending_writes[k]
+        for ctx in [c for c, r in self.pending_reads.items() if r[0] == n.id]:
+            del self.pending_reads[ctx]
+            self.served_reads.add(ctx)
         n.restart_at = self.step_no + self.rng.randint(5, 60) * self.p.steps_per_tick
 
     # ------------------------------------------------------------ checks
@@ -482,7 +485,7 @@ class Simulator:
                 self.clock += 1
                 self.acked[w[1]].append((w[2], self.clock))
                 self.stats["writes_acked"] += 1
-                if self.marker_index == (n.id, n.incarnation, e.index):
+                if (n.id, n.incarnation, e.index) in self.markers:
                     self.live_ok = True
         elif e.type == EntryType.CONF:
             cc = ConfChange.decode(e.data)
@@ -497,7 +500,7 @@ class Simulator:
         pr = self.pending_reads.pop(rs.ctx, None)
         if pr is None:
             if rs.ctx in self.served_reads:
-                return  # a duplicated forward: the app ignores contexts it is not waiting for
+                return  # duplicate, or asked before a crash: apps ignore unknown contexts
             self.fail(f"n{n.id} got an unknown read state {rs}")
         self.served_reads.add(rs.ctx)
         node_id, inc, key, start, commit_at_start = pr
@@ -674,8 +677,8 @@ class Simulator:
         except RaftError:
             return
         self.marker_at = self.step_no
-        self.marker_index = (ld.id, ld.incarnation, idx)
-        self.pending_writes[self.marker_index] = (term, "a", self.write_seq)
+        self.markers.add((ld.id, ld.incarnation, idx))
+        self.pending_writes[(ld.id, ld.incarnation, idx)] = (term, "a", self.write_seq)
         self.process(ld)
 
     def step(self) -> None:
@@ -715,6 +718,7 @@ class Simulator:
                 self.step()
             self.heal()
             end = self.step_no + p.liveness_ticks * p.steps_per_tick
+            heal_step = self.step_no
             while not self.live_ok:
                 if self.step_no >= end:
                     self.fail(
@@ -722,6 +726,7 @@ class Simulator:
                         "after the network healed and all nodes restarted"
                     )
                 self.step()
+            self.stats["liveness_ticks"] = (self.step_no - heal_step) // p.steps_per_tick
         except Violation as v:
             if self.verbose:
                 for n in self.nodes.values():

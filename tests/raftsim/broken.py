@@ -1,0 +1,47 @@
+"""Deliberately broken Raft cores: the simulator must catch each of them.
+
+If a checker ever stops catching these, it has gone blind."""
+
+from __future__ import annotations
+
+from metadata.raft.core import RaftNode
+from metadata.raft.messages import NONE, HardState
+
+
+class CommitOldTermNode(RaftNode):
+    """Commits by counting replicas of entries of any term (Raft paper fig. 8)."""
+
+    def _commit_allowed(self, index: int) -> bool:
+        return True
+
+
+class ForgetVoteNode(RaftNode):
+    """Never persists its vote, so after a restart it may vote twice in a term."""
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, NONE, self.log.commit)
+
+
+BROKEN: dict[str, type[RaftNode]] = {
+    "commit-old-term": CommitOldTermNode,
+    "forget-vote": ForgetVoteNode,
+}
+
+
+class UnconfirmedReadNode(RaftNode):
+    """Serves ReadIndex from its own commit index without a heartbeat round,
+    so a deposed leader that does not know it yet returns stale reads."""
+
+    def _leader_read(self, ctx: bytes, frm: int) -> None:
+        self._read_ready(ctx, self.log.commit, frm)
+
+
+class EagerSelfCommitNode(RaftNode):
+    """Counts its own entries toward the quorum before they are on disk."""
+
+    def _match_of(self, v: int) -> int:
+        return self.log.last_index() if v == self.id else self.progress[v].match
+
+
+BROKEN["unconfirmed-read"] = UnconfirmedReadNode
+BROKEN["eager-self-commit"] = EagerSelfCommitNode
