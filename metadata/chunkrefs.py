@@ -13,6 +13,7 @@ command's time; a new reference before expiry takes it out again.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from metadata.sortedindex import SortedIndex
@@ -149,6 +150,34 @@ class ChunkRefs:
             if cid is not None:
                 self.decref(cid, rep, ts)
                 self.ref_bytes -= data[i + 1]
+
+    def load(self, per_rep: dict[int, list[bytes]], ref_bytes: int) -> None:
+        """Set all counts at once from every reference, grouped by rep (restore)."""
+        self.one, self.many = {}, {}
+        self.total = 0
+        for rep in sorted(per_rep):
+            lst = per_rep[rep]
+            if not lst:
+                continue
+            self.total += len(lst)
+            uniq = set(lst)
+            if len(uniq) == len(lst):
+                self.one[rep] = uniq
+                continue
+            cnt = Counter(lst)
+            one = {c for c, n in cnt.items() if n == 1}
+            many = {c: n for c, n in cnt.items() if n > 1}
+            if one:
+                self.one[rep] = one
+            if many:
+                self.many[rep] = many
+        self.distinct = (
+            len(self.iter_referenced())
+            if len(per_rep) > 1
+            else sum(len(s) for s in self.one.values()) + sum(len(d) for d in self.many.values())
+        )
+        self.ref_bytes = ref_bytes
+        self.index = None
 
     # -- garbage ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ which also keeps the two from ever disagreeing.
 
 from __future__ import annotations
 
+import gc
 import sys
 from array import array
 from typing import Any
@@ -44,6 +45,17 @@ def _uncol(b: bytes) -> list[int]:
 
 
 def dump(ns: Any) -> bytes:
+    """The namespace state as bytes, identical for identical states."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _dump(ns)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _dump(ns: Any) -> bytes:
     parent = array("q")
     kind = bytearray()
     names: list[str] = []
@@ -164,6 +176,19 @@ def dump(ns: Any) -> bytes:
 
 
 def load(cls: Any, data: bytes) -> Any:
+    """Rebuild a Namespace from dump() output; ValueError if it is not one."""
+    enabled = gc.isenabled()
+    gc.disable()  # millions of new objects, none of them garbage: skip the collector
+    try:
+        return _load(cls, data)
+    except (KeyError, IndexError, TypeError, StopIteration, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt namespace snapshot: {type(e).__name__}: {e}") from e
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load(cls: Any, data: bytes) -> Any:
     try:
         raw = zstandard.ZstdDecompressor().decompress(data)
         st = msgpack.unpackb(raw, raw=False, strict_map_key=False)
@@ -196,8 +221,8 @@ def load(cls: Any, data: bytes) -> Any:
     ):
         raise ValueError("corrupt namespace snapshot: column lengths differ")
 
-    refs = ns.refs
-    add_file = refs.add_file
+    per_rep: dict[int, list[bytes]] = {}  # every chunk reference, by the file's rep
+    ref_bytes = 0
     dirs: dict[int, Dir] = {}
     by_ino: dict[int, Inode] = {}
     n_files = n_dirs = n_links = n_specials = 0
@@ -237,7 +262,19 @@ def load(cls: Any, data: bytes) -> Any:
                                 flat.append(n)
                         data = tuple(flat)
                     e += ne
-                    add_file(data, size, m[M_REP])
+                    if data is not None:
+                        rep = m[M_REP]
+                        lst = per_rep.get(rep)
+                        if lst is None:
+                            lst = per_rep[rep] = []
+                        if type(data) is bytes:
+                            lst.append(data)
+                            ref_bytes += size
+                        else:
+                            for j in range(0, len(data), 2):
+                                if data[j] is not None:
+                                    lst.append(data[j])
+                                    ref_bytes += data[j + 1]
                     n_files += 1
                     logical += size
                 elif t == S_IFLNK:
@@ -257,12 +294,13 @@ def load(cls: Any, data: bytes) -> Any:
         else:
             dirs[p].entries[names[i]] = node
 
+    ns.refs.load(per_rep, ref_bytes)
     ns.n_files, ns.n_dirs, ns.n_symlinks, ns.n_specials = n_files, n_dirs, n_links, n_specials
     ns.logical_bytes = logical
     ns.xattrs = {ino: {k: v for k, v in xs} for ino, xs in st["xattrs"]}
     g_ids: bytes = st["garbage_ids"]
     g_ts = _uncol(st["garbage_ts"])
-    refs.garbage = {g_ids[j * 32 : j * 32 + 32]: t for j, t in enumerate(g_ts)}
+    ns.refs.garbage = {g_ids[j * 32 : j * 32 + 32]: t for j, t in enumerate(g_ts)}
     ns.sessions = Sessions(st["session_timeout"])
     ns.sessions.load([(c, s, t, r) for c, s, t, r in st["sessions"]])
     return ns

@@ -551,6 +551,8 @@ def test_random_ops_match_posix_model(ops: list[tuple], restore_at: int) -> None
     restored = Namespace.restore(snap)
     assert restored.snapshot() == snap
     assert query_answers(restored) == query_answers(ns)
+    assert Counter({k.hex(): v for k, v in restored.refs.counts().items()}) == recount(restored)
+    assert restored.refs.garbage == ns.refs.garbage
     # restored mid-log and driven on with the rest of the log: same end state
     if midway is not None:
         for c in log[midway_at:]:
