@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ def dfs_cmd(cluster: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 
 def mount(cluster: Path, mp: Path, *extra: str, log: Path | None = None) -> None:
     mp.mkdir(parents=True, exist_ok=True)
-    log = log or mp.parent / f"{mp.name}.log"
+    log = log or Path(tempfile.gettempdir()) / f"{mp.name}.log"
     r = dfs_cmd(cluster, "mount", str(mp), "--log", str(log), *extra)
     if r.returncode != 0:
         tail = log.read_text()[-3000:] if log.exists() else ""
@@ -65,6 +66,7 @@ def mounted(cluster: Path, mp: Path, *extra: str) -> Iterator[Path]:
         yield mp
     finally:
         umount(cluster, mp)
+        _rmdir(mp)
 
 
 class Env:
@@ -74,7 +76,9 @@ class Env:
         self.base = base
         self.cluster = cluster
         self.cluster_file: Path = cluster.cluster_file  # type: ignore[attr-defined]
-        self.mp = base / "mnt"
+        # a mountpoint every user can reach (the permission tests run as nobody)
+        self.mp = Path(tempfile.mkdtemp(prefix="dfs-mnt-"))
+        self.mp.chmod(0o755)
 
     def remount(self) -> None:
         umount(self.cluster_file, self.mp)
@@ -98,7 +102,15 @@ def cluster_and_mount(tmp: Path, n_chunkservers: int = 3) -> Iterator[Env]:
                 umount(env.cluster_file, env.mp)
             except Exception as exc:
                 print(f"umount failed: {exc}", file=sys.stderr)
+            _rmdir(env.mp)
         cluster.stop()
+
+
+def _rmdir(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
 
 
 def wait_for(pred, timeout: float = 10.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]

@@ -39,12 +39,13 @@ READAHEAD_CHUNKS = 6  # chunks fetched ahead of a sequential reader
 class Pending:
     """A chunk cut from written data: bytes until uploaded, then its id."""
 
-    __slots__ = ("cid", "data", "done", "error", "length")
+    __slots__ = ("cid", "data", "done", "error", "length", "servers")
 
     def __init__(self, data: bytes) -> None:
         self.data: bytes | None = data
         self.length = len(data)
         self.cid: str | None = None
+        self.servers: list[str] = []  # where it was stored (empty: deduplicated)
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -82,6 +83,7 @@ class Writeback:
             exts = up.finish()
             for p, (cid, _n) in zip(chunks, exts):
                 p.cid = cid
+                p.servers = list(up.stored.get(cid) or [])
                 self.cache.put(cid, p.data)  # type: ignore[arg-type]
                 p.data = None
         except BaseException as exc:
@@ -366,9 +368,13 @@ class FileState:
                     p.done.clear()
                 self.fs.writeback.submit(failed, self.rep)
             extents = [[r.cid if isinstance(r, Pending) else r, n] for r, n in self.ext]
+            stored = {
+                r.cid: r.servers for r, _n in self.ext if isinstance(r, Pending) and r.servers
+            }
+            args = {"path": path, "extents": extents, "size": self.size, "create": False}
             try:
-                r = self.fs.client.meta.ns(
-                    "commit", True, path=path, extents=extents, size=self.size, create=False
+                r = self.fs.client.meta.call(
+                    "md.commit", {"args": args, "stored": stored}, mutate=True
                 )
             except DfsError as exc:
                 if exc.code != "ENOENT":
