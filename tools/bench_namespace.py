@@ -86,6 +86,20 @@ def run(files: int, per_dir: int, mem: str, verify: bool) -> dict[str, Any]:
     ok = None
     if verify:
         ok = ns2.snapshot() == snap and ns2.query("statfs") == ns.query("statfs")
+    # page through the first directory (per_dir entries) as `ls` would
+    t0 = time.perf_counter()
+    r = ns2.query("readdir", {"path": "/d0000", "limit": 1000})
+    t_first = time.perf_counter() - t0
+    pages, listed = 0, len(r["entries"])
+    t0 = time.perf_counter()
+    while r["more"]:
+        r = ns2.query(
+            "readdir", {"path": "/d0000", "after": r["entries"][-1]["name"], "limit": 1000}
+        )
+        pages += 1
+        listed += len(r["entries"])
+    t_pages = time.perf_counter() - t0
+    assert listed == min(per_dir, files), listed
     st = ns2.query("statfs")
     assert st["files"] == files, st
     out = {
@@ -100,6 +114,9 @@ def run(files: int, per_dir: int, mem: str, verify: bool) -> dict[str, Any]:
         "snapshot_write_s": round(t_dump, 2),
         "snapshot_restore_s": round(t_load, 2),
         "restore_identical": ok,
+        "readdir_entries": listed,
+        "readdir_first_page_ms": round(t_first * 1000, 2),
+        "readdir_next_page_ms": round(t_pages * 1000 / pages, 2) if pages else None,
         "python": sys.version.split()[0],
     }
     return out
@@ -135,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         ("snapshot write", f"{res['snapshot_write_s']:.2f} s"),
         ("snapshot restore", f"{res['snapshot_restore_s']:.2f} s"),
     ]
+    rd = f"first page {res['readdir_first_page_ms']:.1f} ms"
+    if res["readdir_next_page_ms"] is not None:
+        rd += f", next pages {res['readdir_next_page_ms']:.2f} ms each"
+    rows.append((f"readdir of {res['readdir_entries']:,} entries, 1000/page", rd))
     if res["restore_identical"] is not None:
         rows.append(("restore re-snapshots identically", str(res["restore_identical"])))
     w = max(len(k) for k, _ in rows)
