@@ -13,7 +13,16 @@ Paths are resolved without following symlinks; a symlink in the middle of a
 path gives ENOTDIR (the kernel, or the client library, resolves links).
 Error precedence (what wins when several apply) follows Linux: the parents of
 the paths are resolved first (ENOENT, ENOTDIR), then the entries themselves.
-See docs of each op in OPS below.
+MUTATIONS and QUERIES below list every op's arguments and defaults; each
+_op_<name> method's docstring says what it returns.
+
+Exactly once: a command with both "client" and "seq" is deduplicated (see
+sessions.py): a repeat of the client's last seq returns the stored reply, an
+older seq gets code EOLDSEQ, and sessions idle for session_timeout_ns of
+command time are forgotten.
+
+Chunk references: every chunk extent of every file inode counts once (a chunk
+used twice in one file counts twice; hard links share the inode's count).
 """
 
 from __future__ import annotations
@@ -406,8 +415,6 @@ class Namespace:
             return getattr(self, "_op_" + op)(a, ts)
         except DfsError as e:
             return _err(e)
-        except RecursionError:
-            return _err(DfsError("EIO", f"internal error in {op}: recursion"))
         except Exception as e:  # a bug; deterministic, so every replica does the same
             return _err(DfsError("EIO", f"internal error in {op}: {type(e).__name__}: {e}"))
 
