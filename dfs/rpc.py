@@ -36,6 +36,7 @@ from dfs.wire import Frame, Reply, Request
 log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN = 64 * 1024  # frames smaller than this are cheaper to copy
+_inproc_ids = itertools.count()  # unique inproc names, even across id() reuse
 DEFERRED = object()  # a handler's return value meaning "I will respond later"
 
 Handler = Callable[["Call"], Any]
@@ -102,7 +103,7 @@ class RpcServer:
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
         self._local = threading.local()
-        self._inproc = f"inproc://{name}-replies-{id(self)}"
+        self._inproc = f"inproc://{name}-replies-{os.getpid()}-{next(_inproc_ids)}"
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
@@ -218,7 +219,7 @@ class RpcServer:
             self._send_now([peer, *wire.encode_error(req_id, exc)])
             return
         route = self._routes.get(request.op)
-        call = Call(request, peer, self)
+        call = Call(request, peer, self, _done=wire.OPS[request.op].oneway)
         if route is None:
             call.fail(DfsError(errors.UNKNOWN_OP, f"{self.name} does not serve {request.op}"))
         elif route.blocking:
@@ -282,7 +283,7 @@ class _Outgoing:
     endpoint: str
     req_id: int
     frames: list[Frame]
-    pending: _Pending = field(repr=False)
+    pending: _Pending | None = field(repr=False)  # None for one-way messages
 
 
 class RpcClient:
@@ -303,7 +304,7 @@ class RpcClient:
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._wake_ep = f"inproc://rpc-client-wake-{id(self)}"
+        self._wake_ep = f"inproc://rpc-client-wake-{os.getpid()}-{next(_inproc_ids)}"
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_ep)
         self._socks: dict[str, zmq.Socket] = {}
@@ -337,6 +338,15 @@ class RpcClient:
             self._outbox.append(_Outgoing(endpoint, req_id, msg, pending))
         self._poke()
         return future
+
+    def send(self, endpoint: str, op: str, fields: dict[str, Any] | None = None) -> None:
+        """Fire and forget a one-way message (no reply, no timeout bookkeeping)."""
+        if self._closed.is_set():
+            return
+        msg = wire.encode_request(0, op, fields)
+        with self._lock:
+            self._outbox.append(_Outgoing(endpoint, 0, msg, None))
+        self._poke()
 
     def call(
         self,
@@ -458,7 +468,8 @@ class RpcClient:
                 if not self._outbox:
                     return
                 out = self._outbox.popleft()
-                self._pending[out.req_id] = out.pending
+                if out.pending is not None:
+                    self._pending[out.req_id] = out.pending
             sock = self._socket_for(out.endpoint, poller)
             frames = out.frames
             try:
@@ -510,7 +521,7 @@ class RpcClient:
 
     def _fail_all(self, error: DfsError) -> None:
         with self._lock:
-            pending = list(self._pending.values()) + [o.pending for o in self._outbox]
+            pending = list(self._pending.values()) + [o.pending for o in self._outbox if o.pending]
             self._pending.clear()
             self._outbox.clear()
         for p in pending:

@@ -143,6 +143,7 @@ class Op:
     fields: dict[str, Field] = field(default_factory=dict)
     frames: int = 0  # data frames the request carries
     doc: str = ""
+    oneway: bool = False  # no reply is sent (Raft messages: the protocol has its own acks)
 
 
 # ---------------------------------------------------------------- the operations
@@ -250,7 +251,12 @@ _METADATA_OPS = [
     Op("md.status", {}, doc="cluster status for dfs-admin"),
     Op("md.fsck", {"path": opt(STR)}, doc="per-file replication health"),
     Op("md.admin", {"action": req(STR), "args": opt(MAP)}, doc="admin actions"),
-    Op("raft.msg", {"from": req(INT), "msgs": req(LIST)}, doc="Raft messages between peers"),
+    Op(
+        "raft.msg",
+        {"from": req(INT), "msgs": req(LIST)},
+        doc="Raft messages between peers",
+        oneway=True,
+    ),
 ]
 
 OPS: dict[str, Op] = {op.name: op for op in (*_CHUNKSERVER_OPS, *_METADATA_OPS)}

@@ -22,6 +22,7 @@ import os
 import queue
 import random
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -139,7 +140,7 @@ class MetadataNode:
 
     def _on_raft(self, call: rpc.Call) -> Any:
         self.inbox.put(("raft", call.fields["msgs"]))
-        return {}
+        return rpc.DEFERRED  # one-way: nothing is sent back
 
     # ------------------------------------------------------------ running
 
@@ -307,8 +308,8 @@ class MetadataNode:
             ep = self.peers.get(peer)
             if ep is None:
                 continue
-            # fire and forget: Raft retries on its own; the ack only frees the request
-            self.peer_rpc.call_async(ep, "raft.msg", {"from": self.id, "msgs": msgs})
+            # one-way: Raft has its own acknowledgements and retries
+            self.peer_rpc.send(ep, "raft.msg", {"from": self.id, "msgs": msgs})
 
     def _apply(self, entry: Any) -> None:
         prop = self.proposals.pop(entry.index, None)
@@ -448,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    sys.setswitchinterval(0.0005)  # short GIL slices: this process is latency-bound
     try:
         peers = parse_peers(args.peers)
     except ValueError as exc:
