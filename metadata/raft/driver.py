@@ -1,0 +1,282 @@
+"""Runs the pure Raft core in a process: storage, ZeroMQ transport, a state machine.
+
+One thread (the driver) owns the core, the log storage and the state machine,
+so none of them needs a lock. Other threads hand it work through a queue:
+proposals, linearizable reads, Raft messages from peers, arbitrary calls.
+A pass of the loop takes everything queued, steps it into the core, and then
+runs each Ready in the order the core demands: persist (one fsync for the
+whole batch: group commit), send, restore/apply, serve reads, advance.
+
+Raft messages travel as one-way ``raft.msg`` requests on the node's RPC
+server, batched per peer per Ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dfs import errors, rpc
+from dfs.errors import DfsError
+
+from .core import NotLeader, ProposalDropped, RaftConfig, RaftNode
+from .messages import EntryType, Message, Role
+from .storage import RaftStorage
+
+log = logging.getLogger("dfs.raft")
+
+Done = Callable[[Any], None]  # receives a result, or a DfsError
+
+
+class StateMachine(Protocol):
+    def apply(self, data: bytes) -> Any: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass
+class _Waiting:
+    term: int
+    done: Done
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, str],
+        data_dir: Path,
+        server: rpc.RpcServer,
+        peer_rpc: rpc.RpcClient,
+        sm: StateMachine,
+        *,
+        tick: float = 0.03,
+        election_ticks: int = 10,
+        snapshot_every: int = 20_000,
+    ) -> None:
+        self.id = node_id
+        self.peers = dict(peers)
+        self.sm = sm
+        self.peer_rpc = peer_rpc
+        self.tick_interval = tick
+        self.snapshot_every = snapshot_every
+        self.storage = RaftStorage(data_dir)
+        state = self.storage.load()
+        applied = 0
+        if state.snapshot is not None and state.snapshot.data:
+            sm.restore(state.snapshot.data)
+            applied = state.snapshot.index
+        cfg = RaftConfig(peers=tuple(sorted(self.peers)), election_ticks=election_ticks)
+        self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
+        self.last_snapshot = applied
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.waiting: dict[int, _Waiting] = {}  # log index -> who proposed it here
+        self.reads: dict[bytes, list[tuple[Callable[[], Any], Done]]] = {}
+        self._read_batch: list[tuple[Callable[[], Any], Done]] = []
+        self._read_ctx = 0
+        self.tick_hooks: list[Callable[[float], None]] = []
+        self.role_hooks: list[Callable[[Role], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raft-driver", daemon=True)
+        server.route("raft.msg", self._on_raft_msg)
+
+    # ------------------------------------------------------------ any thread
+
+    def propose(self, data: bytes, done: Done) -> None:
+        """Replicate ``data``; ``done`` gets the state machine's result (on the driver)."""
+        self.inbox.put(("propose", (data, done)))
+
+    def read(self, fn: Callable[[], Any], done: Done) -> None:
+        """Run ``fn`` linearizably (after a ReadIndex round) and pass its result to ``done``."""
+        self.inbox.put(("read", (fn, done)))
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the driver thread (where the state machine may be touched)."""
+        self.inbox.put(("call", fn))
+
+    def _on_raft_msg(self, call: rpc.Call) -> Any:
+        self.inbox.put(("raft", call.fields["msgs"]))
+        return rpc.DEFERRED  # one-way: nothing is sent back
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.role == Role.LEADER
+
+    def leader_endpoint(self) -> str | None:
+        return self.peers.get(self.raft.leader_id)
+
+    def not_leader(self, why: str = "not the metadata leader") -> DfsError:
+        return DfsError(errors.NOT_LEADER, why, leader=self.leader_endpoint())
+
+    def start(self) -> RaftDriver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.inbox.put(("stop", None))
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.storage.close()
+
+    # ------------------------------------------------------------ the driver thread
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick_interval
+        while not self._stop.is_set():
+            try:
+                items = [self.inbox.get(timeout=max(0.0, next_tick - time.monotonic()))]
+            except queue.Empty:
+                items = []
+            while True:
+                try:
+                    items.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, payload in items:
+                try:
+                    self._handle(kind, payload)
+                except Exception:
+                    log.exception("raft driver: %s failed", kind)
+            self._start_reads()
+            now = time.monotonic()
+            if now >= next_tick:
+                self.raft.tick()
+                next_tick = max(next_tick + self.tick_interval, now)
+                for hook in self.tick_hooks:
+                    try:
+                        hook(now)
+                    except Exception:
+                        log.exception("tick hook failed")
+            while self.raft.has_ready():
+                self._process_ready()
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "raft":
+            for m in payload:
+                try:
+                    msg = Message.from_wire(m)
+                except Exception as exc:
+                    log.warning("dropped a malformed Raft message: %s", exc)
+                    continue
+                self.raft.step(msg)
+        elif kind == "propose":
+            self._propose(*payload)
+        elif kind == "read":
+            fn, done = payload
+            if not self.is_leader:
+                done(self.not_leader())
+            else:
+                self._read_batch.append((fn, done))
+        elif kind == "call":
+            payload()
+
+    def _propose(self, data: bytes, done: Done) -> None:
+        try:
+            index, term = self.raft.propose(data)
+        except NotLeader:
+            done(self.not_leader())
+            return
+        except ProposalDropped as exc:
+            done(DfsError(errors.NOT_LEADER, f"leader busy: {exc}", leader=None))
+            return
+        self.waiting[index] = _Waiting(term, done)
+
+    def _start_reads(self) -> None:
+        """One ReadIndex round serves every read that arrived in this pass."""
+        if not self._read_batch:
+            return
+        self._read_ctx += 1
+        ctx = self._read_ctx.to_bytes(8, "big")
+        self.reads[ctx], self._read_batch = self._read_batch, []
+        try:
+            self.raft.read_index(ctx)
+        except NotLeader:
+            for _, done in self.reads.pop(ctx):
+                done(self.not_leader())
+
+    def _process_ready(self) -> None:
+        rd = self.raft.ready()
+        if rd.must_sync():
+            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot)
+        self._send(rd.messages)
+        if rd.install_snapshot and rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data)
+            self.last_snapshot = rd.snapshot.index
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for rs in rd.read_states:
+            for fn, done in self.reads.pop(rs.ctx, []):
+                try:
+                    done(fn())
+                except DfsError as exc:
+                    done(exc)
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state.role)
+        self.raft.advance(rd)
+        self._maybe_snapshot()
+
+    def _send(self, messages: list[Message]) -> None:
+        by_peer: dict[int, list[dict]] = defaultdict(list)
+        for m in messages:
+            by_peer[m.to].append(m.to_wire())
+        for peer, msgs in by_peer.items():
+            ep = self.peers.get(peer)
+            if ep is not None:  # one-way: Raft has its own acknowledgements and retries
+                self.peer_rpc.send(ep, "raft.msg", {"from": self.id, "msgs": msgs})
+
+    def _apply(self, entry: Any) -> None:
+        waiting = self.waiting.pop(entry.index, None)
+        if entry.type != EntryType.NORMAL or not entry.data:
+            if waiting is not None:
+                waiting.done(self.not_leader("leadership changed"))
+            return
+        try:
+            result = self.sm.apply(entry.data)
+        except Exception as exc:  # state machines validate input; this is a bug
+            log.exception("apply failed at index %d", entry.index)
+            result = DfsError("EIO", f"apply failed: {exc}")
+        if waiting is None:
+            return
+        if waiting.term != entry.term:  # another leader's entry took our index
+            waiting.done(self.not_leader("leadership changed"))
+        else:
+            waiting.done(result)
+
+    def _role_changed(self, role: Role) -> None:
+        if role != Role.LEADER:
+            for w in self.waiting.values():
+                w.done(self.not_leader("leadership changed"))
+            self.waiting.clear()
+            for calls in self.reads.values():
+                for _, done in calls:
+                    done(self.not_leader("leadership changed"))
+            self.reads.clear()
+        else:
+            log.info("node %d is the leader (term %d)", self.id, self.raft.term)
+        for hook in self.role_hooks:
+            hook(role)
+
+    def _maybe_snapshot(self) -> None:
+        if self.raft.applied - self.last_snapshot < self.snapshot_every:
+            return
+        index = self.raft.applied
+        self.raft.compact(index, self.sm.snapshot())
+        self.last_snapshot = index
+
+    def status(self) -> dict[str, Any]:
+        """Raft status with enums as names, so msgpack can carry it."""
+        return {
+            k: (v.name.lower() if hasattr(v, "name") else v)
+            for k, v in self.raft.status().items()
+            if isinstance(v, (int, str, float, bool)) or hasattr(v, "name")
+        }
