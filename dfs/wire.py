@@ -251,6 +251,10 @@ _METADATA_OPS = [
     Op("md.status", {}, doc="cluster status for dfs-admin"),
     Op("md.fsck", {"path": opt(STR)}, doc="per-file replication health"),
     Op("md.admin", {"action": req(STR), "args": opt(MAP)}, doc="admin actions"),
+    # a trivial replicated key-value store on the same Raft driver (benchmarks, tests)
+    Op("kv.put", {"key": req(STR), "value": req(BYTES)}, doc="replicate one write"),
+    Op("kv.get", {"key": req(STR)}, doc="linearizable read of one key"),
+    Op("raft.status", {}, doc="this member's Raft role, term, commit and applied index"),
     Op(
         "raft.msg",
         {"from": req(INT), "msgs": req(LIST)},

@@ -95,7 +95,11 @@ def spawn(
     env: dict[str, str] | None = None,
 ) -> Proc:
     """Start ``python -m <module> args`` and wait until it wrote its endpoint file."""
-    module = {"metadata": "metadata.server", "chunkserver": "chunkserver.server"}[role]
+    module = {
+        "metadata": "metadata.server",
+        "chunkserver": "chunkserver.server",
+        "raftkv": "tools.raft_kv",
+    }[role]
     workdir.mkdir(parents=True, exist_ok=True)
     endpoint_file = workdir / f"{name}.endpoint"
     pid_file = workdir / f"{name}.pid"
