@@ -42,6 +42,7 @@ UTIME_OMIT = (1 << 30) - 2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 16
 BLOCK = 4096
+TRACE = bool(os.environ.get("DFS_FUSE_TRACE"))  # log every operation and its time
 STATFS_TTL = 2.0
 
 _TYPE_BITS = {
@@ -58,8 +59,11 @@ _TYPE_BITS = {
 def _op(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Errors to errnos: DfsError by its code, anything unexpected as EIO."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter() if TRACE else 0.0
         try:
             return fn(*args, **kwargs)
         except FuseOSError:
@@ -76,6 +80,10 @@ def _op(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             log.exception("%s%r failed", fn.__name__, args[1:3])
             raise FuseOSError(errno.EIO) from None
+        finally:
+            if TRACE:
+                ms = (time.perf_counter() - t0) * 1e3
+                log.info("trace %s %r %.2f ms", name, args[1:2], ms)
 
     return wrapper
 
@@ -112,6 +120,7 @@ class DfsOperations(Operations):
         self._fh = itertools.count(1)
         self._told: dict[int, tuple[int, int]] = {}  # ino -> (version, size) the kernel has
         self._dirs: dict[str, tuple[float, dict[str, Any]]] = {}  # recent dir attrs
+        self._fresh: dict[str, dict[str, Any]] = {}  # attrs a create/mkdir/link just returned
         self._xneg: dict[tuple[str, str], float] = {}  # recent "no such xattr" answers
         self._statfs: tuple[float, dict[str, int]] | None = None
 
@@ -153,6 +162,9 @@ class DfsOperations(Operations):
         }
 
     def _remember_dir(self, path: str, a: dict[str, Any]) -> None:
+        """Directory attributes are answered from here for attr_timeout: the kernel
+        drops a directory's cached attributes after every change inside it, and
+        default_permissions then asks again on the next path walk."""
         if a["type"] == "dir":
             self._dirs[path] = (time.monotonic() + self.attr_timeout, a)
             if len(self._dirs) > 10_000:
@@ -165,6 +177,34 @@ class DfsOperations(Operations):
         a = self.ns("getattr", path=path)["attrs"]
         self._remember_dir(path, a)
         return a
+
+    def _dir_changed(self, path: str, nlink: int = 0) -> None:
+        """An entry of this mount's making came or went in ``path``'s parent."""
+        parent = _parent(path)
+        got = self._dirs.get(parent)
+        if got is None:
+            return
+        a = dict(got[1])
+        a["mtime"] = a["ctime"] = time.time_ns()
+        a["nlink"] += nlink
+        self._dirs[parent] = (got[0], a)
+
+    def _forget(self, path: str) -> None:
+        self._dirs.pop(path, None)
+        self._fresh.pop(path, None)
+
+    def _forget_tree(self, path: str) -> None:
+        self._forget(path)
+        prefix = path + "/"
+        for d in [k for k in self._dirs if k.startswith(prefix)]:
+            self._dirs.pop(d, None)
+
+    def _just_made(self, path: str, a: dict[str, Any]) -> None:
+        """Attributes a mutation returned: libfuse looks the entry up right after."""
+        self._fresh[path] = a
+        if len(self._fresh) > 1000:
+            self._fresh.clear()
+        self._remember_dir(path, a)
 
     def _owner(self, path: str, mode: int) -> tuple[int, int, int]:
         """uid, gid and mode for a new inode: the caller's, or a setgid parent's group."""
@@ -231,16 +271,22 @@ class DfsOperations(Operations):
             if st is None or not st.attrs:
                 raise FuseOSError(errno.ENOENT)
             return self._stat(st.attrs)
-        a = self.ns("getattr", path=path)["attrs"]
-        self._remember_dir(path, a)
+        a = self._fresh.pop(path, None)
+        if a is None:
+            got = self._dirs.get(path)
+            if got is not None and got[0] > time.monotonic():
+                a = got[1]
+            else:
+                a = self.ns("getattr", path=path)["attrs"]
+                self._remember_dir(path, a)
         return self._stat(a)
 
     @_op
     def chmod(self, path: str | None, mode: int) -> int:
         if path is None:
             raise FuseOSError(errno.ENOENT)
+        self._forget(path)
         self.ns("setattr", True, path=path, mode=mode & 0o7777)
-        self._dirs.pop(path, None)
         return 0
 
     @_op
@@ -254,6 +300,7 @@ class DfsOperations(Operations):
             args["gid"] = gid
         if not args:
             return 0
+        self._forget(path)
         a = self.ns("getattr", path=path)["attrs"]
         if a["type"] != "dir" and a["mode"] & (stat.S_ISUID | stat.S_ISGID):
             # chown clears setuid, and setgid when group-executable (else it marks locking)
@@ -262,7 +309,6 @@ class DfsOperations(Operations):
                 mode &= ~stat.S_ISGID
             args["mode"] = mode
         self.ns("setattr", True, path=path, **args)
-        self._dirs.pop(path, None)
         return 0
 
     @_op
@@ -279,11 +325,14 @@ class DfsOperations(Operations):
         st = self._state_for_path(path)
         if st is not None and st.modified:
             st.commit(path)  # the commit would set mtime again after this call
+        self._forget(path)
         self.ns("setattr", True, path=path, atime=at, mtime=mt)
         return 0
 
     @_op
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        if path is not None:
+            self._forget(path)
         st = self._handles.get(fh) if fh is not None else None
         if st is None and path is not None:
             st = self._state_for_path(path)
@@ -315,20 +364,25 @@ class DfsOperations(Operations):
     @_op
     def mkdir(self, path: str, mode: int) -> int:
         uid, gid, mode = self._owner(path, stat.S_IFDIR | (mode & 0o7777))
-        self.ns("mkdir", True, path=path, mode=mode & 0o7777, uid=uid, gid=gid)
+        r = self.ns("mkdir", True, path=path, mode=mode & 0o7777, uid=uid, gid=gid)
+        self._just_made(path, r["attrs"])
+        self._forget(_parent(path))
         return 0
 
     @_op
     def rmdir(self, path: str) -> int:
+        self._forget(path)
         self.ns("rmdir", True, path=path)
-        self._dirs.pop(path, None)
+        self._forget(_parent(path))
         return 0
 
     # ------------------------------------------------------------ names
 
     @_op
     def unlink(self, path: str) -> int:
+        self._forget(path)
         self.ns("unlink", True, path=path)
+        self._dir_changed(path)
         self._repath(path, None)
         return 0
 
@@ -339,11 +393,13 @@ class DfsOperations(Operations):
     def rename2(self, old: str, new: str, flags: int) -> int:
         if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise FuseOSError(errno.EINVAL)
+        self._forget_tree(old)
+        self._forget_tree(new)
         self.ns("rename", True, src=old, dst=new, noreplace=bool(flags & RENAME_NOREPLACE))
+        self._forget(_parent(old))
+        self._forget(_parent(new))
         self._repath(new, None)
         self._repath(old, new)
-        self._dirs.pop(old, None)
-        self._dirs.pop(new, None)
         return 0
 
     @_op
@@ -352,14 +408,19 @@ class DfsOperations(Operations):
         st = self._state_for_path(source)
         if st is not None and st.modified:
             st.commit(source)
-        self.ns("link", True, src=source, dst=target)
+        self._forget(source)
+        r = self.ns("link", True, src=source, dst=target)
+        self._just_made(target, r["attrs"])
+        self._dir_changed(target)
         return 0
 
     @_op
     def symlink(self, target: str, source: str) -> int:
         """``target`` becomes a symlink whose content is ``source``."""
         uid, gid, _ = self._owner(target, stat.S_IFLNK)
-        self.ns("symlink", True, target=source, path=target, uid=uid, gid=gid)
+        r = self.ns("symlink", True, target=source, path=target, uid=uid, gid=gid)
+        self._just_made(target, r["attrs"])
+        self._dir_changed(target)
         return 0
 
     @_op
@@ -369,7 +430,9 @@ class DfsOperations(Operations):
     @_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
         uid, gid, mode = self._owner(path, mode)
-        self.ns("mknod", True, path=path, mode=mode, rdev=dev, uid=uid, gid=gid)
+        r = self.ns("mknod", True, path=path, mode=mode, rdev=dev, uid=uid, gid=gid)
+        self._just_made(path, r["attrs"])
+        self._dir_changed(path)
         return 0
 
     # ------------------------------------------------------------ files
@@ -434,7 +497,11 @@ class DfsOperations(Operations):
             exclusive=bool(flags & os.O_EXCL),
         )
         a = r["attrs"]
+        self._just_made(path, a)
+        self._dir_changed(path)
         if r.get("created", True):
+            # a new file has no attributes: the kernel asks for this one on the first write
+            self._xneg[(path, "security.capability")] = time.monotonic() + self.attr_timeout
             info = {"ino": a["ino"], "extents": [], "size": 0, "version": a["version"]}
             info["rep"] = a.get("rep", 3)
             return self._attach(info, path, a)
@@ -514,6 +581,7 @@ class DfsOperations(Operations):
 
     @_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._forget(path)
         self.ns("setxattr", True, path=path, name=name, value=bytes(value), flags=options)
         self._xneg.pop((path, name), None)
         return 0
@@ -541,6 +609,7 @@ class DfsOperations(Operations):
 
     @_op
     def removexattr(self, path: str, name: str) -> int:
+        self._forget(path)
         self.ns("removexattr", True, path=path, name=name)
         return 0
 
