@@ -78,6 +78,7 @@ class RaftDriver:
         cfg = RaftConfig(peers=tuple(sorted(self.peers)), election_ticks=election_ticks)
         self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
         self.last_snapshot = applied
+        self._persisted_tv = (state.hard_state.term, state.hard_state.vote)
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.waiting: dict[int, _Waiting] = {}  # log index -> who proposed it here
         self.reads: dict[bytes, list[tuple[Callable[[], Any], Done]]] = {}
@@ -206,9 +207,23 @@ class RaftDriver:
 
     def _process_ready(self) -> None:
         rd = self.raft.ready()
+        early = self._may_send_before_persist(rd)
+        if early:  # a leader's appends go out while its own fsync runs (Raft thesis 10.2.1)
+            self._send(rd.messages)
         if rd.must_sync():
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot)
-        self._send(rd.messages)
+            hs = rd.hard_state
+            # a commit index alone need not be fsync'd (it is recomputed after a
+            # crash); entries, snapshots, term and vote must (etcd's MustSync)
+            sync = (
+                bool(rd.entries)
+                or rd.snapshot is not None
+                or (hs is not None and (hs.term, hs.vote) != self._persisted_tv)
+            )
+            self.storage.save(hs, rd.entries, rd.snapshot, rd.install_snapshot, sync=sync)
+            if hs is not None:
+                self._persisted_tv = (hs.term, hs.vote)
+        if not early:
+            self._send(rd.messages)
         if rd.install_snapshot and rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
             self.last_snapshot = rd.snapshot.index
@@ -224,6 +239,15 @@ class RaftDriver:
             self._role_changed(rd.soft_state.role)
         self.raft.advance(rd)
         self._maybe_snapshot()
+
+    def _may_send_before_persist(self, rd: Any) -> bool:
+        """True when nothing in this Ready's messages depends on unsaved state: we
+        lead in a term (and vote) already on disk, and no snapshot is pending. The
+        core counts the leader's own entries toward commit only once persisted."""
+        if self.raft.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs = rd.hard_state
+        return hs is None or (hs.term, hs.vote) == self._persisted_tv
 
     def _send(self, messages: list[Message]) -> None:
         by_peer: dict[int, list[dict]] = defaultdict(list)

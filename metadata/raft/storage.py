@@ -180,11 +180,13 @@ class RaftStorage:
         entries: list[Entry],
         snapshot: Snapshot | None,
         installed: bool = False,
+        sync: bool = True,
     ) -> None:
         """Persist one Ready with a single fsync (the WAL's group commit).
 
         ``installed``: the snapshot came from the leader (it replaces the log),
-        rather than from local compaction."""
+        rather than from local compaction. ``sync=False`` only for a record that may
+        be lost in a crash (a commit index): it is fsync'd with the next write."""
         if not self._loaded:
             raise RuntimeError("load() must be called before save()")
         records: list[bytes] = []
@@ -204,7 +206,8 @@ class RaftStorage:
             buf = b"".join(records)
             assert self._fd is not None
             os.write(self._fd, buf)
-            os.fdatasync(self._fd)
+            if sync:
+                os.fdatasync(self._fd)
             self._size += len(buf)
             if entries:
                 self.segments[-1].last = max(self.segments[-1].last, entries[-1].index)
