@@ -115,6 +115,8 @@ class RpcServer:
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._replies = self.ctx.socket(zmq.PULL)
         self._replies.bind(self._inproc)
+        self._soon: deque[Callable[[], None]] = deque()
+        self.after_poll: list[Callable[[], None]] = []  # run once per loop iteration
         self.route("ping", lambda call: {"service": self.name, "pid": os.getpid()})
 
     # ------------------------------------------------------------ registration
@@ -133,6 +135,15 @@ class RpcServer:
     def add_socket(self, sock: zmq.Socket, on_readable: Callable[[zmq.Socket], None]) -> None:
         """Poll another socket on the loop (before start)."""
         self._extra[sock] = on_readable
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread (thread-safe); the loop wakes up for it."""
+        self._soon.append(fn)
+        if not self.on_loop():
+            self._push([b""])  # a one-frame message only wakes the loop
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == getattr(self, "_loop_ident", None)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run blocking work on the server's pool."""
@@ -171,11 +182,27 @@ class RpcServer:
                     if sock in ready:
                         fn(sock)
                 self._run_timers()
+                self._run_soon()
+                for hook in self.after_poll:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("%s: loop hook failed", self.name)
         finally:
             self.sock.close(linger=0)
             self._replies.close(linger=0)
 
+    def _run_soon(self) -> None:
+        for _ in range(len(self._soon)):
+            fn = self._soon.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: callback failed", self.name)
+
     def _poll_timeout_ms(self) -> int:
+        if self._soon:
+            return 0
         if not self._timers:
             return 100
         wait = min(t.due for t in self._timers) - time.monotonic()
@@ -197,7 +224,8 @@ class RpcServer:
                 msg = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._send_now(msg)
+            if len(msg) > 1:  # one frame: a call_soon wake-up
+                self._send_now(msg)
 
     def _drain_requests(self) -> None:
         for _ in range(1000):
@@ -248,16 +276,20 @@ class RpcServer:
 
     def _send(self, peer: bytes, frames: list[Frame]) -> None:
         """Send from any thread: directly on the loop, else via the inproc queue."""
-        if threading.get_ident() == getattr(self, "_loop_ident", None):
+        if self.on_loop():
             self._send_now([peer, *frames])
-            return
+        else:
+            self._push([peer, *frames])
+
+    def _push(self, frames: list[Any]) -> None:
+        """Hand frames to the loop from another thread (one PUSH socket per thread)."""
         push = getattr(self._local, "push", None)
         if push is None:
             push = self.ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 1000)
             push.connect(self._inproc)
             self._local.push = push
-        push.send_multipart([peer, *frames], copy=False)
+        push.send_multipart(frames, copy=False)
 
     def _send_now(self, frames: Sequence[Any]) -> None:
         try:

@@ -1,4 +1,5 @@
-"""The leader's background work: re-replication, trimming, garbage collection.
+"""The leader's background work: re-replication, decommission, rebalance,
+trimming, corrupt-copy handling and garbage collection.
 
 Runs on the metadata driver thread (it owns the namespace and the registry),
 a round every few seconds, only on the leader and only once every live
@@ -6,10 +7,21 @@ chunkserver has finished its chunk report (soft state is complete). Copies and
 deletes go out as asynchronous RPCs to the chunkservers; their completions come
 back through the driver's queue, so the registry is only touched on the driver.
 
-GC fails closed: a chunk is deleted only after the namespace, through Raft,
-declared it unreferenced for a whole grace period (``gc_expire``); chunks the
-chunkservers hold that no file references are first marked (``gc_mark``) and
-only expire a grace period later, so an upload not yet committed is safe.
+Safety rules, in one place:
+
+- Copies are chunkserver to chunkserver (``cs.replicate``), most endangered
+  chunks first, at most ``per_server`` in flight per server and, with a
+  bandwidth limit, no new copy from or to a server that is over its budget.
+- A copy is removed only while at least R other live good copies remain
+  (trims, the second half of a rebalance move, corrupt copies).
+- A copy reported bad by a reader is first re-checked by its server
+  (``cs.verify``): a client's word alone never drops a good copy.
+- GC fails closed: a chunk is deleted only after the namespace, through Raft,
+  declared it unreferenced for a whole grace period (``gc_expire``); chunks
+  the chunkservers hold that no file references are first marked (``gc_mark``)
+  so they expire only after the upload grace period (an upload not yet
+  committed); and the chunkservers keep any copy written or re-put within the
+  upload grace (``unless_newer``), so a writer racing GC keeps its chunk.
 """
 
 from __future__ import annotations
@@ -22,25 +34,30 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dfs import errors
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
 from metadata import repair
-from metadata.registry import chunk_key
+from metadata.placement import CHUNK_ESTIMATE
+from metadata.registry import ALIVE, DECOMMISSIONING, RETIRED, chunk_key
 
 if TYPE_CHECKING:
     from metadata.server import MetadataNode
 
 log = logging.getLogger("dfs.metadata.maintenance")
 
+GC_BATCH = 10_000  # chunks expired per gc_expire proposal
+
 
 @dataclass
 class MaintenanceConfig:
     interval: float = 2.0  # seconds between rounds
-    gc_grace: float = 60.0  # seconds a chunk stays unreferenced before deletion
-    orphan_grace: float = 3600.0  # for chunks no file ever referenced: uploads in progress
+    gc_grace: float = 600.0  # seconds a chunk stays unreferenced before deletion
+    upload_grace: float = 3600.0  # for chunks no file references yet: uploads in progress
     per_server: int = 4  # concurrent copies per chunkserver
     max_copies: int = 200  # copies planned per round
-    rebalance_threshold: float | None = None  # set by `dfs-admin rebalance`
+    bandwidth: float = 0.0  # bytes/s per server for repair copies (0: unlimited)
+    copy_timeout: float = 60.0
 
 
 @dataclass
@@ -50,9 +67,58 @@ class Progress:
     bytes_copied: int = 0
     deletes_sent: int = 0
     gc_deleted: int = 0
-    moves_done: int = 0
+    gc_kept: int = 0
+    corrupt_confirmed: int = 0
+    corrupt_rejected: int = 0
     last_round: float = 0.0
-    last_fsck: dict[str, Any] = field(default_factory=dict)
+    missing: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Rebalance:
+    """An admin-requested rebalance in progress (soft state: a new leader drops it;
+    re-running ``dfs-admin rebalance`` resumes)."""
+
+    threshold: float
+    bandwidth: float  # bytes/s per server, 0: unlimited
+    started: float = field(default_factory=time.time)
+    moves_done: int = 0
+    moves_failed: int = 0
+    bytes_moved: int = 0
+    inflight: int = 0
+    planned_last: int = 0
+    idle_rounds: int = 0
+    done: bool = False
+    finished: float = 0.0
+    initial_excess: float = 0.0  # bytes above the band when it began
+    excess: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Budget:
+    """Per-server byte budgets refilled at ``rate`` (a token bucket that may go into
+    debt: a copy is charged when it starts, corrected by its real size later)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.level: dict[str, float] = {}
+        self.last = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        dt, self.last = max(0.0, now - self.last), now
+        for ep, lv in self.level.items():
+            self.level[ep] = min(self.rate, lv + dt * self.rate)
+
+    def charge(self, ep: str, n: float) -> None:
+        self.level[ep] = self.level.get(ep, self.rate) - n
+
+    def over(self) -> set[str]:
+        return {ep for ep, lv in self.level.items() if lv < 0}
 
 
 class Maintenance:
@@ -64,7 +130,14 @@ class Maintenance:
         self.progress = Progress()
         self._next = 0.0
         self._gc_pending = False
-        self.moves: list[repair.Move] = []  # an admin-requested rebalance plan, in progress
+        self._mark_pending = False
+        self._verifying: set[tuple[str, str]] = set()
+        self.budget = _Budget(self.cfg.bandwidth) if self.cfg.bandwidth > 0 else None
+        self.rebalance: Rebalance | None = None
+        self.rebalance_budget: _Budget | None = None
+        self.pending_states: dict[str, str] = {}  # admin states to push to chunkservers
+        self._pushing: set[str] = set()
+        self.sizes: dict[str, int] = {}  # chunk sizes for rebalance planning
 
     @property
     def rpc(self) -> RpcClient:
@@ -79,24 +152,44 @@ class Maintenance:
         if now < self._next:
             return
         self._next = now + self.cfg.interval
+        for b in (self.budget, self.rebalance_budget):
+            if b is not None:
+                b.refill(now)
+        self._push_states()
         reg = self.node.registry
         if not reg.reports_complete(now):
             return
         wanted = self.wanted()
         self.progress.last_round = time.time()
         self._repair(wanted)
+        self._decommission(wanted)
+        if self.rebalance is not None and not self.rebalance.done:
+            self._rebalance(wanted)
         if not self.inflight:
             self._trim(wanted)
             self._collect_garbage()
 
     # ------------------------------------------------------------ repair
 
+    def _saturated(self, budget: _Budget | None) -> Counter[str]:
+        """Servers that may take no new copy: ``busy`` plus those over their budget."""
+        busy = Counter(self.busy)
+        for b in (self.budget, budget):
+            if b is not None:
+                for ep in b.over():
+                    busy[ep] = max(busy[ep], self.cfg.per_server)
+        return busy
+
     def _repair(self, wanted: list[tuple[str, int]]) -> None:
         reg = self.node.registry
         todo = [(c, r) for c, r in wanted if c not in self.inflight]
         plan = repair.plan_repairs(
-            reg, todo, repair.Limits(self.cfg.per_server, self.cfg.max_copies), busy=self.busy
+            reg,
+            todo,
+            repair.Limits(self.cfg.per_server, self.cfg.max_copies),
+            busy=self._saturated(None),
         )
+        self.progress.missing = len(plan.missing)
         if plan.missing:
             log.warning("%d chunks have no live copy", len(plan.missing))
         for copy in plan:
@@ -107,44 +200,209 @@ class Maintenance:
         chunk: str,
         source: str,
         targets: list[str],
-        then: Callable[[bool], None] | None = None,
+        then: Callable[[int | None], None] | None = None,
+        budget: _Budget | None = None,
     ) -> None:
-        """Chunkserver-to-chunkserver copy; the registry learns of it on success."""
+        """Chunkserver-to-chunkserver copy; the registry learns of it on success.
+        ``then`` gets the chunk's size, or None if the copy failed."""
         self.inflight.add(chunk)
-        for ep in (source, *targets):
+        eps = (source, *targets)
+        for ep in eps:
             self.busy[ep] += 1
-        fut = self.rpc.call_async(source, "cs.replicate", {"id": chunk, "to": targets}, timeout=60)
+        budgets = [b for b in (self.budget, budget) if b is not None]
+        for b in budgets:
+            for ep in eps:
+                b.charge(ep, CHUNK_ESTIMATE)
+        fut = self.rpc.call_async(
+            source, "cs.replicate", {"id": chunk, "to": targets}, timeout=self.cfg.copy_timeout
+        )
 
-        def done(ok: bool) -> None:
+        def done(reply: Any, exc: DfsError | None) -> None:
             self.inflight.discard(chunk)
-            for ep in (source, *targets):
+            for ep in eps:
                 self.busy[ep] -= 1
                 if self.busy[ep] <= 0:
                     del self.busy[ep]
+            ok = exc is None
+            size = int(reply.fields.get("bytes", CHUNK_ESTIMATE)) if ok else CHUNK_ESTIMATE
+            for b in budgets:
+                for ep in eps:
+                    b.charge(ep, size - CHUNK_ESTIMATE)
             if ok:
                 self.progress.copies_done += 1
+                self.progress.bytes_copied += size * len(targets)
                 for t in targets:
                     self.node.registry.add_replica(chunk, t)
             else:
                 self.progress.copies_failed += 1
+                if exc is not None and exc.code in (errors.CORRUPT, "ENOENT"):
+                    self.node.registry.mark_corrupt(chunk, source)
             if then is not None:
-                then(ok)
+                then(size if ok else None)
 
-        self._on_done(fut, done)
+        self._on_reply(fut, done)
 
-    def _on_done(self, fut: Future, fn: Callable[[bool], None]) -> None:
-        """Run ``fn(ok)`` on the driver thread when the RPC finishes."""
+    def _on_reply(self, fut: Future, fn: Callable[[Any, DfsError | None], None]) -> None:
+        """Run ``fn(reply, error)`` on the driver thread when the RPC finishes."""
 
         def callback(f: Future) -> None:
             try:
-                RpcClient.wait(f)
-                ok = True
-            except DfsError as exc:
-                log.info("maintenance RPC failed: %s", exc.message)
-                ok = False
-            self.node.inbox.put(("call", lambda: fn(ok)))
+                reply, exc = RpcClient.wait(f), None
+            except DfsError as e:
+                log.info("maintenance RPC failed: %s", e.message)
+                reply, exc = None, e
+            except Exception as e:  # cancelled at shutdown
+                reply, exc = None, DfsError(errors.UNAVAILABLE, str(e))
+            self.node.inbox.put(("call", lambda: fn(reply, exc)))
 
         fut.add_done_callback(callback)
+
+    # ------------------------------------------------------------ corrupt copies
+
+    def verify_reported(self, chunk: str, server: str) -> None:
+        """A reader says the copy on ``server`` is bad: ask the server to re-check it
+        (the server quarantines it if so); only a confirmed bad copy is dropped."""
+        key = (chunk, server)
+        if key in self._verifying or self.node.registry.state(server) is None:
+            return
+        self._verifying.add(key)
+        fut = self.rpc.call_async(server, "cs.verify", {"id": chunk}, timeout=30)
+
+        def done(reply: Any, exc: DfsError | None) -> None:
+            self._verifying.discard(key)
+            bad = (exc is not None and exc.code in (errors.CORRUPT, "ENOENT")) or (
+                exc is None and not reply.fields.get("ok", True)
+            )
+            if bad:
+                self.progress.corrupt_confirmed += 1
+                if self.node.registry.mark_corrupt(chunk, server):
+                    log.warning("copy of %s on %s is corrupt: re-replicating", chunk[:12], server)
+            elif exc is None:
+                self.progress.corrupt_rejected += 1
+                log.info("copy of %s on %s re-checked fine", chunk[:12], server)
+
+        self._on_reply(fut, done)
+
+    # ------------------------------------------------------------ decommission
+
+    def _decommission(self, wanted: list[tuple[str, int]]) -> None:
+        """Copies of a decommissioning server's chunks are made by ``_repair`` (its
+        copies no longer count as live); retire it once nothing needs it."""
+        reg = self.node.registry
+        for s in reg.servers():
+            if s.state != DECOMMISSIONING:
+                continue
+            if repair.decommission_done(reg, s.endpoint, wanted):
+                log.info("chunkserver %s is drained: retired", s.endpoint)
+                reg.set_state(s.endpoint, RETIRED)
+                self.pending_states[s.endpoint] = RETIRED
+
+    def set_admin_state(self, endpoint: str, state: str) -> None:
+        """decommission / retire / recommission a server (pushed to it, so the state
+        survives its restarts and a new metadata leader)."""
+        reg = self.node.registry
+        reg.set_state(endpoint, ALIVE if state == "active" else state)
+        self.pending_states[endpoint] = state
+
+    def _push_states(self) -> None:
+        for ep, state in list(self.pending_states.items()):
+            if ep in self._pushing:
+                continue
+            self._pushing.add(ep)
+            fut = self.rpc.call_async(ep, "cs.admin_state", {"state": state}, timeout=5)
+
+            def done(reply: Any, exc: DfsError | None, ep: str = ep, state: str = state) -> None:
+                self._pushing.discard(ep)
+                if exc is None and self.pending_states.get(ep) == state:
+                    del self.pending_states[ep]
+
+            self._on_reply(fut, done)
+
+    def adopt_state(self, endpoint: str, reported: str | None) -> None:
+        """A server's own admin state (from its stat) wins unless one is being pushed."""
+        if endpoint in self.pending_states or reported not in ("active", DECOMMISSIONING, RETIRED):
+            return
+        reg = self.node.registry
+        info = reg._info(endpoint)
+        if info is not None and info.admin != reported:
+            reg.set_state(endpoint, ALIVE if reported == "active" else reported)
+
+    # ------------------------------------------------------------ rebalance
+
+    def start_rebalance(
+        self, threshold: float, bandwidth: float, sizes: dict[str, int] | None = None
+    ) -> Rebalance:
+        self.rebalance = Rebalance(threshold, bandwidth)
+        self.sizes = sizes or {}
+        self.rebalance_budget = _Budget(bandwidth) if bandwidth > 0 else None
+        self.rebalance.initial_excess = self.rebalance.excess = self.excess(threshold)
+        return self.rebalance
+
+    def excess(self, threshold: float) -> float:
+        """Bytes that must move for every alive server to be within the band."""
+        servers = [s for s in self.node.registry.servers() if s.state == ALIVE and s.capacity]
+        cap = sum(s.capacity for s in servers)
+        if not cap:
+            return 0.0
+        mean = sum(s.used for s in servers) / cap
+        over = sum(max(0.0, s.used - (mean + threshold / 100) * s.capacity) for s in servers)
+        under = sum(max(0.0, (mean - threshold / 100) * s.capacity - s.used) for s in servers)
+        return max(over, under)
+
+    def _rebalance(self, wanted: list[tuple[str, int]]) -> None:
+        rb = self.rebalance
+        assert rb is not None
+        reg = self.node.registry
+        rb.excess = self.excess(rb.threshold)
+        moves = repair.plan_rebalance(
+            reg,
+            [(c, r) for c, r in wanted if c not in self.inflight],
+            rb.threshold,
+            repair.Limits(self.cfg.per_server, self.cfg.max_copies),
+            sizes=self.sizes,
+            busy=self._saturated(self.rebalance_budget),
+        )
+        rb.planned_last = len(moves)
+        if not moves:
+            if rb.inflight == 0:
+                rb.idle_rounds += 1
+                # stats lag the moves by a heartbeat: finish after two quiet rounds
+                if rb.idle_rounds >= 2:
+                    rb.done, rb.finished = True, time.time()
+                    log.info("rebalance done: %d moves, %d bytes", rb.moves_done, rb.bytes_moved)
+            return
+        rb.idle_rounds = 0
+        rep_of = dict(wanted)
+        for mv in moves:
+            self._move(mv, rep_of.get(mv.chunk, 3), rb)
+
+    def _move(self, mv: repair.Move, rep: int, rb: Rebalance) -> None:
+        """Copy to the target, then remove the source copy if R others remain."""
+        rb.inflight += 1
+
+        def then(size: int | None) -> None:
+            rb.inflight -= 1
+            if size is None:
+                rb.moves_failed += 1
+                return
+            reg = self.node.registry
+            if repair.safe_to_remove(reg, mv.chunk, mv.source, rep):
+                self.delete_replica(mv.chunk, mv.source)
+                self._account_move(mv.source, mv.target, size)
+            rb.moves_done += 1
+            rb.bytes_moved += size
+
+        self.copy(mv.chunk, mv.source, [mv.target], then=then, budget=self.rebalance_budget)
+
+    def _account_move(self, src: str, dst: str, size: int) -> None:
+        """Adjust the used bytes the registry holds until the next heartbeats, so the
+        next round does not plan moves the last one already made."""
+        reg = self.node.registry
+        for ep, delta in ((src, -size), (dst, size)):
+            info = reg._info(ep)
+            if info is not None and "used" in info.stat:
+                info.stat["used"] = max(0, int(info.stat["used"]) + delta)
+                info.stat["free"] = max(0, int(info.stat.get("free", 0)) - delta)
 
     # ------------------------------------------------------------ trim
 
@@ -156,7 +414,8 @@ class Maintenance:
     def delete_replica(self, chunk: str, server: str) -> None:
         self.node.registry.remove_replica(chunk, server)
         self.progress.deletes_sent += 1
-        self._on_done(self.rpc.call_async(server, "cs.delete", {"ids": [chunk]}), lambda ok: None)
+        fut = self.rpc.call_async(server, "cs.delete", {"ids": [chunk]})
+        self._on_reply(fut, lambda reply, exc: None)
 
     # ------------------------------------------------------------ garbage collection
 
@@ -164,18 +423,28 @@ class Maintenance:
         if self._gc_pending:
             return
         ns, reg = self.node.ns, self.node.registry
-        orphans = [
-            c
-            for c in reg.iter_chunks()
-            if not ns.refs.is_referenced(chunk_key(c)) and chunk_key(c) not in ns.refs.garbage
-        ]
-        if orphans:  # stamped in the future, so they expire only after orphan_grace
-            later = time.time_ns() + int((self.cfg.orphan_grace - self.cfg.gc_grace) * 1e9)
-            self.node.propose_internal(
-                {"op": "gc_mark", "args": {"chunk_ids": orphans[:10_000], "ts": max(0, later)}}
-            )
+        refs = ns.refs
+        if not self._mark_pending:
+            orphans = []
+            for c in reg.iter_chunks():
+                k = chunk_key(c)
+                if k not in refs.garbage and not refs.is_referenced(k):
+                    orphans.append(c)
+                    if len(orphans) >= GC_BATCH:
+                        break
+            if orphans:  # stamped in the future, so they expire only after upload_grace
+                later = time.time_ns() + int((self.cfg.upload_grace - self.cfg.gc_grace) * 1e9)
+                self._mark_pending = True
+
+                def marked(result: dict[str, Any]) -> None:
+                    self._mark_pending = False
+
+                self.node.propose_internal(
+                    {"op": "gc_mark", "args": {"chunk_ids": orphans, "ts": max(0, later)}},
+                    on_result=marked,
+                )
         before = time.time_ns() - int(self.cfg.gc_grace * 1e9)
-        if not any(ts < before for ts in ns.refs.garbage.values()):
+        if not any(ts < before for ts in refs.garbage.values()):
             return
         self._gc_pending = True
 
@@ -184,14 +453,21 @@ class Maintenance:
             if not result.get("ok"):
                 log.warning("gc_expire failed: %s", result.get("msg"))
                 return
-            self._delete_everywhere(result.get("chunks", []))
+            # applied in log order: a chunk referenced again since is not among them
+            chunks = [c for c in result.get("chunks", []) if not refs_now(c)]
+            self._delete_everywhere(chunks)
+
+        def refs_now(c: str) -> bool:
+            return self.node.ns.refs.is_referenced(chunk_key(c))
 
         self.node.propose_internal(
-            {"op": "gc_expire", "args": {"before_ts": before}}, on_result=expired
+            {"op": "gc_expire", "args": {"before_ts": before, "limit": GC_BATCH}},
+            on_result=expired,
         )
 
     def _delete_everywhere(self, chunks: list[str]) -> None:
-        """Delete expired chunks from every server that has (or had) a copy."""
+        """Delete expired chunks from every server that has (or had) a copy; copies a
+        server keeps (re-put within the upload grace) become orphans again."""
         reg = self.node.registry
         per_server: dict[str, list[str]] = {}
         for c in chunks:
@@ -199,17 +475,41 @@ class Maintenance:
                 per_server.setdefault(ep, []).append(c)
                 reg.remove_replica(c, ep)
         for ep, ids in per_server.items():
-            for i in range(0, len(ids), 10_000):
+            for i in range(0, len(ids), GC_BATCH):
                 self.progress.deletes_sent += 1
-                self._on_done(
-                    self.rpc.call_async(ep, "cs.delete", {"ids": ids[i : i + 10_000]}),
-                    lambda ok: None,
+                fut = self.rpc.call_async(
+                    ep,
+                    "cs.delete",
+                    {"ids": ids[i : i + GC_BATCH], "unless_newer": int(self.cfg.upload_grace)},
                 )
-        self.progress.gc_deleted += len(chunks)
+                self._on_reply(fut, lambda reply, exc, ep=ep: self._gc_deleted(ep, reply, exc))
         if chunks:
-            log.info("garbage collection: deleted %d chunks", len(chunks))
+            log.info("garbage collection: deleting %d chunks", len(chunks))
+
+    def _gc_deleted(self, ep: str, reply: Any, exc: DfsError | None) -> None:
+        if exc is not None:
+            return  # the server is down: its copies come back as orphans when it returns
+        kept = reply.fields.get("kept") or []
+        self.progress.gc_deleted += int(reply.fields.get("deleted", 0))
+        self.progress.gc_kept += len(kept)
+        for c in kept:
+            self.node.registry.add_replica(c, ep)
 
     # ------------------------------------------------------------ status
 
     def fsck(self) -> dict[str, Any]:
         return repair.fsck(self.node.registry, self.wanted())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "progress": self.progress.to_dict(),
+            "copies_inflight": len(self.inflight),
+            "rebalance": self.rebalance.to_dict() if self.rebalance else None,
+            "pending_states": dict(self.pending_states),
+            "config": {
+                "gc_grace": self.cfg.gc_grace,
+                "upload_grace": self.cfg.upload_grace,
+                "per_server": self.cfg.per_server,
+                "bandwidth": self.cfg.bandwidth,
+            },
+        }

@@ -33,6 +33,7 @@ from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
 from metadata import placement
+from metadata.admin_ops import AdminOps
 from metadata.maintenance import Maintenance, MaintenanceConfig
 from metadata.namespace import Namespace
 from metadata.raft.driver import RaftDriver
@@ -107,6 +108,7 @@ class MetadataNode:
         )
         self.registry = Registry()
         self.maintenance = Maintenance(self, maintenance)
+        self.admin = AdminOps(self)
         self.rng = random.Random()
         self.driver.tick_hooks.append(self._on_tick)
         self.driver.role_hooks.append(self._on_role_change)
@@ -118,7 +120,7 @@ class MetadataNode:
 
     @property
     def inbox(self) -> Any:
-        """Work queued here runs on the driver thread (used for RPC completions)."""
+        """``inbox.put(("call", fn))`` runs fn on the loop thread (RPC completions)."""
         return self.driver.inbox
 
     # ------------------------------------------------------------ routes
@@ -131,6 +133,23 @@ class MetadataNode:
             r(f"md.{name}", self._query)
         for op in LEADER_OPS:
             r(f"md.{op}", self._leader_op)
+        r("md.node_status", self._node_status)
+
+    def _node_status(self, call: rpc.Call) -> Any:
+        """Any member answers with its own Raft view (dfs-admin status shows every node)."""
+
+        def serve() -> None:
+            call.respond(
+                {
+                    "id": self.id,
+                    "endpoint": self.endpoint,
+                    "leader": self.driver.leader_endpoint(),
+                    **self.driver.status(),
+                }
+            )
+
+        self.driver.call_soon(serve)
+        return rpc.DEFERRED
 
     def _mutate(self, call: rpc.Call) -> Any:
         f = call.fields
@@ -143,7 +162,7 @@ class MetadataNode:
         }
         stored = f.get("stored") or {}
 
-        def propose() -> None:  # on the driver: the registry is only touched there
+        def propose() -> None:
             if not self.driver.is_leader:
                 call.fail(self.driver.not_leader())
                 return
@@ -153,7 +172,7 @@ class MetadataNode:
                         self.registry.add_replica(cid, ep)
             self.driver.propose(msgpack.packb(cmd, use_bin_type=True), _answer_to(call))
 
-        self.driver.call_soon(propose)
+        propose()  # handlers run on the loop thread, which owns the registry and Raft
         return rpc.DEFERRED
 
     def _query(self, call: rpc.Call) -> Any:
@@ -173,7 +192,7 @@ class MetadataNode:
                 return
             call.respond(result)
 
-        self.driver.call_soon(serve)
+        serve()
         return rpc.DEFERRED
 
     def propose_internal(
@@ -198,8 +217,8 @@ class MetadataNode:
         return self
 
     def stop(self) -> None:
-        self.driver.stop()
         self.rpc.stop()
+        self.driver.stop()
         self.peer_rpc.close()
 
     # ------------------------------------------------------------ soft state
@@ -220,38 +239,47 @@ class MetadataNode:
         now = time.monotonic()
         reg = self.registry
         if op == "locate":
+            if f.get("dedup"):  # a writer must not rely on a copy GC may be deleting
+                refs = self.ns.refs
+                return {
+                    "locations": {
+                        cid: reg.readable(cid) if refs.is_referenced(bytes.fromhex(cid)) else []
+                        for cid in f["ids"]
+                    }
+                }
             return {"locations": reg.locate(f["ids"])}
         if op == "place":
             count, rep = min(f["count"], 10_000), f.get("rep") or 3
             chains = placement.place(reg, count, rep, self.rng, exclude=f.get("exclude") or ())
             return {"chains": chains}
-        if op == "report_bad":
-            reg.mark_corrupt(f["id"], f["server"])
+        if op == "report_bad":  # re-checked by the server before the copy is dropped
+            self.maintenance.verify_reported(f["id"], f["server"])
             return {}
         if op == "register":
             reg.register(f["endpoint"], f["node"], f["stat"], f.get("labels"), now)
+            self.maintenance.adopt_state(f["endpoint"], f["stat"].get("admin"))
             return {}
         if op == "report":
             return {"known": reg.report(f["endpoint"], f["ids"], f["done"])}
         if op == "heartbeat":
             added, removed = f.get("added") or (), f.get("removed") or ()
             known = reg.heartbeat(f["endpoint"], f["stat"], added, removed, now)
+            if known:
+                for cid in f.get("corrupt") or ():
+                    if reg.mark_corrupt(cid, f["endpoint"]):
+                        log.warning("%s found chunk %s corrupt", f["endpoint"], cid[:12])
+                self.maintenance.adopt_state(f["endpoint"], f["stat"].get("admin"))
             return {"known": known, "commands": []}
         if op == "status":
             return self.status()
         if op == "fsck":
-            return self.maintenance.fsck()
+            return self.admin.fsck(f.get("path"), f.get("limit"))
+        if op == "admin":
+            return self.admin.admin(f["action"], f.get("args") or {})
         raise DfsError(errors.UNKNOWN_OP, f"md.{op} is not available yet")
 
     def status(self) -> dict[str, Any]:
-        return {
-            "leader": self.driver.leader_endpoint(),
-            "node": {"id": self.id, "endpoint": self.endpoint, **self.driver.status()},
-            "peers": {str(k): v for k, v in self.peers.items()},
-            "chunkservers": [s.to_dict() for s in self.registry.servers()],
-            "registry": self.registry.summary(),
-            "namespace": {k: v for k, v in self.ns.query("statfs", {}).items() if k != "ok"},
-        }
+        return self.admin.status()
 
 
 def _answer_to(call: rpc.Call) -> Callable[[Any], None]:
@@ -291,6 +319,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", required=True, help="every member as ID=ENDPOINT,... (this node included)"
     )
     p.add_argument("--key", help="cluster key file: every socket uses CURVE")
+    d = MaintenanceConfig()
+    p.add_argument(
+        "--gc-grace",
+        type=float,
+        default=d.gc_grace,
+        metavar="SECONDS",
+        help="how long a chunk no file references is kept before it is deleted",
+    )
+    p.add_argument(
+        "--upload-grace",
+        type=float,
+        default=d.upload_grace,
+        metavar="SECONDS",
+        help="how long a stored chunk not yet committed to a file (an upload in progress) is kept",
+    )
+    p.add_argument(
+        "--repair-bandwidth",
+        type=float,
+        default=0.0,
+        metavar="MB/S",
+        help="per-chunkserver bandwidth for re-replication copies, MiB/s (0: unlimited)",
+    )
+    p.add_argument(
+        "--repair-concurrency",
+        type=int,
+        default=d.per_server,
+        metavar="N",
+        help="copies in flight per chunkserver",
+    )
     p.add_argument("--pid-file", type=Path)
     p.add_argument("--endpoint-file", type=Path)
     p.add_argument("--log-level", default="INFO")
@@ -310,7 +367,20 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--peers does not name this node's id %d", args.id)
         return 2
     args.data.mkdir(parents=True, exist_ok=True)
-    node = MetadataNode(args.id, args.data, args.listen, peers, security=load_optional(args.key))
+    maint = MaintenanceConfig(
+        gc_grace=max(0.0, args.gc_grace),
+        upload_grace=max(0.0, args.upload_grace),
+        bandwidth=max(0.0, args.repair_bandwidth) * (1 << 20),
+        per_server=max(1, args.repair_concurrency),
+    )
+    node = MetadataNode(
+        args.id,
+        args.data,
+        args.listen,
+        peers,
+        security=load_optional(args.key),
+        maintenance=maint,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.endpoint_file:
         a.endpoint_file.write_text(server.endpoint + "\n")
     stop.wait()
-    driver.stop()
     server.stop()
+    driver.stop()
     return 0
 
 

@@ -1,23 +1,25 @@
 """Runs the pure Raft core in a process: storage, ZeroMQ transport, a state machine.
 
-One thread (the driver) owns the core, the log storage and the state machine,
-so none of them needs a lock. Other threads hand it work through a queue:
-proposals, linearizable reads, Raft messages from peers, arbitrary calls.
-A pass of the loop takes everything queued, steps it into the core, and then
-runs each Ready in the order the core demands: persist (one fsync for the
-whole batch: group commit), send, restore/apply, serve reads, advance.
+The driver lives on the node's RPC event loop (dfs.rpc.RpcServer): request
+handlers, Raft messages from peers, ticks and the Ready processing all run
+on that one thread, so the core, the log storage and the state machine need
+no lock and no request pays for a hand-off between threads. After each poll
+of the sockets the loop runs every Ready in the order the core demands:
+persist (one fsync for all that arrived meanwhile: group commit), send,
+restore/apply, serve reads, advance. The WAL fsync is the one disk write on
+every operation's critical path, so it runs inline; requests that arrive
+during it are queued by ZeroMQ and share the next fsync. Other threads hand
+work to the loop with ``call_soon``.
 
-Raft messages travel as one-way ``raft.msg`` requests on the node's RPC
-server, batched per peer per Ready.
+Raft messages travel as one-way ``raft.msg`` requests, batched per peer per
+Ready.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -47,6 +49,16 @@ class StateMachine(Protocol):
 class _Waiting:
     term: int
     done: Done
+
+
+class _LoopQueue:
+    """``put(("call", fn))`` runs fn on the loop: the shape maintenance code uses."""
+
+    def __init__(self, server: rpc.RpcServer) -> None:
+        self.server = server
+
+    def put(self, item: tuple[str, Callable[[], None]]) -> None:
+        self.server.call_soon(item[1])
 
 
 class RaftDriver:
@@ -79,33 +91,51 @@ class RaftDriver:
         self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
         self.last_snapshot = applied
         self._persisted_tv = (state.hard_state.term, state.hard_state.vote)
-        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.server = server
+        self.inbox = _LoopQueue(server)  # for code that queues ("call", fn) work
         self.waiting: dict[int, _Waiting] = {}  # log index -> who proposed it here
         self.reads: dict[bytes, list[tuple[Callable[[], Any], Done]]] = {}
         self._read_batch: list[tuple[Callable[[], Any], Done]] = []
         self._read_ctx = 0
         self.tick_hooks: list[Callable[[float], None]] = []
         self.role_hooks: list[Callable[[Role], None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="raft-driver", daemon=True)
         server.route("raft.msg", self._on_raft_msg)
 
-    # ------------------------------------------------------------ any thread
+    # ------------------------------------------------------------ entry points
 
     def propose(self, data: bytes, done: Done) -> None:
-        """Replicate ``data``; ``done`` gets the state machine's result (on the driver)."""
-        self.inbox.put(("propose", (data, done)))
+        """Replicate ``data``; ``done`` gets the state machine's result (on the loop)."""
+        self._on_loop(lambda: self._propose(data, done))
 
     def read(self, fn: Callable[[], Any], done: Done) -> None:
         """Run ``fn`` linearizably (after a ReadIndex round) and pass its result to ``done``."""
-        self.inbox.put(("read", (fn, done)))
+
+        def queue_read() -> None:
+            if not self.is_leader:
+                done(self.not_leader())
+            else:
+                self._read_batch.append((fn, done))
+
+        self._on_loop(queue_read)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the driver thread (where the state machine may be touched)."""
-        self.inbox.put(("call", fn))
+        """Run ``fn`` on the loop thread (where the state machine may be touched)."""
+        self.server.call_soon(fn)
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        if self.server.on_loop():
+            fn()
+        else:
+            self.server.call_soon(fn)
 
     def _on_raft_msg(self, call: rpc.Call) -> Any:
-        self.inbox.put(("raft", call.fields["msgs"]))
+        for m in call.fields["msgs"]:
+            try:
+                msg = Message.from_wire(m)
+            except Exception as exc:
+                log.warning("dropped a malformed Raft message: %s", exc)
+                continue
+            self.raft.step(msg)
         return rpc.DEFERRED  # one-way: nothing is sent back
 
     @property
@@ -119,67 +149,30 @@ class RaftDriver:
         return DfsError(errors.NOT_LEADER, why, leader=self.leader_endpoint())
 
     def start(self) -> RaftDriver:
-        self._thread.start()
+        """Hook into the RPC loop (call before the server starts)."""
+        self.server.every(self.tick_interval, self._tick)
+        self.server.after_poll.append(self._flush)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self.inbox.put(("stop", None))
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
         self.storage.close()
 
-    # ------------------------------------------------------------ the driver thread
+    # ------------------------------------------------------------ on the loop
 
-    def _run(self) -> None:
-        next_tick = time.monotonic() + self.tick_interval
-        while not self._stop.is_set():
+    def _tick(self) -> None:
+        self.raft.tick()
+        now = time.monotonic()
+        for hook in self.tick_hooks:
             try:
-                items = [self.inbox.get(timeout=max(0.0, next_tick - time.monotonic()))]
-            except queue.Empty:
-                items = []
-            while True:
-                try:
-                    items.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for kind, payload in items:
-                try:
-                    self._handle(kind, payload)
-                except Exception:
-                    log.exception("raft driver: %s failed", kind)
-            self._start_reads()
-            now = time.monotonic()
-            if now >= next_tick:
-                self.raft.tick()
-                next_tick = max(next_tick + self.tick_interval, now)
-                for hook in self.tick_hooks:
-                    try:
-                        hook(now)
-                    except Exception:
-                        log.exception("tick hook failed")
-            while self.raft.has_ready():
-                self._process_ready()
+                hook(now)
+            except Exception:
+                log.exception("tick hook failed")
 
-    def _handle(self, kind: str, payload: Any) -> None:
-        if kind == "raft":
-            for m in payload:
-                try:
-                    msg = Message.from_wire(m)
-                except Exception as exc:
-                    log.warning("dropped a malformed Raft message: %s", exc)
-                    continue
-                self.raft.step(msg)
-        elif kind == "propose":
-            self._propose(*payload)
-        elif kind == "read":
-            fn, done = payload
-            if not self.is_leader:
-                done(self.not_leader())
-            else:
-                self._read_batch.append((fn, done))
-        elif kind == "call":
-            payload()
+    def _flush(self) -> None:
+        """After each poll: start batched reads, then run every Ready."""
+        self._start_reads()
+        while self.raft.has_ready():
+            self._process_ready()
 
     def _propose(self, data: bytes, done: Done) -> None:
         try:
