@@ -107,17 +107,22 @@ def _put_tree(c: Client, root: Path, target: str, quiet: bool) -> None:
     c.mkdir(target, parents=True)
     with progress_bar(total, f"{root.name} ({len(files)} files)", quiet) as tick:
         for d in sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()):
-            c.mkdir(paths.join(target, d.relative_to(root).as_posix()), parents=True)
+            c.mkdir(_under(target, d, root), parents=True)
         for link in (p for p in root.rglob("*") if p.is_symlink()):
-            c.symlink(os.readlink(link), paths.join(target, link.relative_to(root).as_posix()))
+            c.symlink(os.readlink(link), _under(target, link, root))
         from concurrent.futures import ThreadPoolExecutor
 
         def one(p: Path) -> None:
-            c.put(p, paths.join(target, p.relative_to(root).as_posix()), progress=tick)
+            c.put(p, _under(target, p, root), progress=tick)
 
         with ThreadPoolExecutor(8) as pool:
             for _ in pool.map(one, files):
                 pass
+
+
+def _under(target: str, local: Path, root: Path) -> str:
+    """The remote path of ``local`` (inside ``root``) when ``root`` goes to ``target``."""
+    return paths.normalize(f"{target}/{local.relative_to(root).as_posix()}")
 
 
 def _is_remote_dir(c: Client, path: str) -> bool:

@@ -199,11 +199,16 @@ class Client:
         if attrs["type"] != "dir":
             self.meta.ns("unlink", True, path=path)
             return
-        if recursive:
-            for entry in list(self.scandir(path)):
-                self.remove(paths.join(path, entry["name"]), recursive=True)
+        if not recursive:
+            raise DfsError("EISDIR", f"{path}: is a directory (remove it recursively or rmdir)")
+        for entry in list(self.scandir(path)):
+            self.remove(paths.join(path, entry["name"]), recursive=True)
         if path != "/":
-            self.meta.ns("rmdir", True, path=path)
+            self.rmdir(path)
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        self.meta.ns("rmdir", True, path=paths.normalize(path))
 
     def symlink(self, target: str, path: str) -> None:
         self.meta.ns("symlink", True, target=target, path=paths.normalize(path), **_ids())
@@ -315,10 +320,15 @@ class Client:
                     raise
         return 3
 
-    def locate(self, ids: list[str]) -> dict[str, list[str]]:
+    def locate(self, ids: list[str], dedup: bool = False) -> dict[str, list[str]]:
+        """Readable copies of chunks. ``dedup``: for a writer deciding what to skip;
+        chunks no file references are not offered (GC may be deleting them)."""
         if not ids:
             return {}
-        return self.meta.call("md.locate", {"ids": ids})["locations"]
+        fields: dict[str, Any] = {"ids": ids}
+        if dedup:
+            fields["dedup"] = True
+        return self.meta.call("md.locate", fields)["locations"]
 
     def place(self, count: int, rep: int, exclude: Iterable[str] = ()) -> list[list[str]]:
         r = self.meta.call("md.place", {"count": count, "rep": rep, "exclude": list(exclude)})
@@ -438,7 +448,7 @@ class Uploader:
         self._batch = []
         self.extents.extend([cid, len(c)] for cid, c in batch)
         unique = dict(batch)
-        have = self.client.locate(list(unique))
+        have = self.client.locate(list(unique), dedup=True)
         missing = [(cid, c) for cid, c in unique.items() if not have.get(cid)]
         deduped = sum(len(c) for cid, c in batch if have.get(cid))
         self.client.stats.chunks_deduped += len(unique) - len(missing)
