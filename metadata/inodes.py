@@ -37,6 +37,19 @@ _META: dict[tuple[int, int, int, int, int], tuple[int, int, int, int, int]] = {}
 
 Extent = tuple[bytes | None, int]
 
+# Timestamps are stored minus this base (2^60 ns, mid-2006): today's times then
+# fit in two 30-bit digits, a 32-byte int instead of 48 (until 2042).
+TIME_BASE = 1 << 60
+
+# Sizes of small files and extent lengths share these int objects instead of
+# each holding its own (32 bytes apiece; CPython caches only up to 256).
+_SMALL_INTS = tuple(range(1 << 16))
+
+
+def small(n: int) -> int:
+    """n, as a shared int object when it is below 65536."""
+    return _SMALL_INTS[n] if 0 <= n < 65536 else n
+
 
 def meta(mode: int, uid: int, gid: int, rep: int, nlink: int) -> tuple[int, int, int, int, int]:
     """The interned meta tuple for these values."""
@@ -54,7 +67,8 @@ class Inode:
 
     `data` depends on the type: for a regular file its extents (see
     pack_extents), for a symlink the target string, for a special file rdev.
-    `times` is one int while atime == mtime == ctime, else (atime, mtime, ctime).
+    `times` is one int while atime == mtime == ctime, else (atime, mtime, ctime),
+    kept relative to TIME_BASE (see there); get_times() gives absolute ns.
     """
 
     __slots__ = ("data", "ino", "meta", "size", "times", "version")
@@ -62,8 +76,11 @@ class Inode:
     def __init__(self, ino: int, m: tuple, size: int, times: Any, version: int, data: Any):
         self.ino = ino
         self.meta = m
-        self.size = size
-        self.times = times
+        self.size = _SMALL_INTS[size] if 0 <= size < 65536 else size
+        if type(times) is int:
+            self.times = times - TIME_BASE
+        else:
+            self.times = (times[0] - TIME_BASE, times[1] - TIME_BASE, times[2] - TIME_BASE)
         self.version = version
         self.data = data
 
@@ -94,11 +111,18 @@ class Inode:
         )
 
     def get_times(self) -> tuple[int, int, int]:
+        """(atime, mtime, ctime) in ns since the epoch."""
         t = self.times
-        return (t, t, t) if type(t) is int else t
+        if type(t) is int:
+            t += TIME_BASE
+            return (t, t, t)
+        return (t[0] + TIME_BASE, t[1] + TIME_BASE, t[2] + TIME_BASE)
 
     def set_times(self, atime: int, mtime: int, ctime: int) -> None:
-        self.times = atime if atime == mtime == ctime else (atime, mtime, ctime)
+        if atime == mtime == ctime:
+            self.times = atime - TIME_BASE
+        else:
+            self.times = (atime - TIME_BASE, mtime - TIME_BASE, ctime - TIME_BASE)
 
     def touch(self, ts: int, atime: bool = False, mtime: bool = True) -> None:
         """Set ctime (and mtime, optionally atime) to ts."""
@@ -131,7 +155,7 @@ def pack_extents(exts: list[Extent], size: int) -> Any:
     flat: list[Any] = []
     for cid, n in exts:
         flat.append(cid)
-        flat.append(n)
+        flat.append(small(n))
     return tuple(flat)
 
 

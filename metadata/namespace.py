@@ -55,6 +55,7 @@ from metadata.inodes import (
     Inode,
     meta,
     pack_extents,
+    small,
     truncate_extents,
     unpack_extents,
 )
@@ -772,7 +773,7 @@ class Namespace:
         self.refs.drop_file(node.data, node.size, rep, ts)
         self.logical_bytes += size - node.size
         node.data = data
-        node.size = size
+        node.size = small(size)
         node.version += 1
 
     def _op_setxattr(self, a: dict, ts: int) -> dict:

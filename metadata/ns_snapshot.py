@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from metadata.inodes import M_MODE, M_REP, S_IFLNK, S_IFMT, S_IFREG, Dir, Inode, meta
+from metadata.inodes import M_MODE, M_REP, S_IFLNK, S_IFMT, S_IFREG, Dir, Inode, meta, small
 from metadata.sessions import Sessions
 
 FORMAT = "dfs-namespace"
@@ -96,15 +96,10 @@ def _dump(ns: Any) -> bytes:
             mi = meta_idx[m] = len(meta_table)
             meta_table.append(m)
         metas.append(mi)
-        tm = node.times
-        if type(tm) is int:
-            atimes.append(tm)
-            mtimes.append(tm)
-            ctimes.append(tm)
-        else:
-            atimes.append(tm[0])
-            mtimes.append(tm[1])
-            ctimes.append(tm[2])
+        tm = node.get_times()
+        atimes.append(tm[0])
+        mtimes.append(tm[1])
+        ctimes.append(tm[2])
         versions.append(node.version)
         if type(node) is Dir:
             kind.append(K_DIR)
@@ -256,10 +251,10 @@ def _load(cls: Any, data: bytes) -> Any:
                             n = ext_lens[j]
                             if n < 0:
                                 flat.append(None)
-                                flat.append(-n)
+                                flat.append(small(-n))
                             else:
                                 flat.append(ext_ids[j * 32 : j * 32 + 32])
-                                flat.append(n)
+                                flat.append(small(n))
                         data = tuple(flat)
                     e += ne
                     if data is not None:

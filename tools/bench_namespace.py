@@ -2,8 +2,8 @@
 snapshot size and snapshot write/restore time.
 
 Builds N files (default 1,000,000: 1000 directories x 1000 files, each one
-4 KiB chunk) by applying commit commands directly to a Namespace, as the Raft
-log would.
+chunk of 1..61 KB) by applying commit commands directly to a Namespace, as
+the Raft log would.
 
     python -m tools.bench_namespace [--files N] [--per-dir M] [--mem tracemalloc|rss] [--json]
 """
@@ -47,9 +47,10 @@ def build(ns: Namespace, files: int, per_dir: int) -> None:
         d, f = divmod(i, per_dir)
         cid = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
         ts += 1
+        size = 1000 + i % 60000  # small files of varied sizes, as decoded off the wire
         cmd = {
             "op": "commit",
-            "args": {"path": f"/d{d:04d}/f{f:06d}", "extents": [[cid, 4096]], "size": 4096},
+            "args": {"path": f"/d{d:04d}/f{f:06d}", "extents": [[cid, size]], "size": size},
             "client": None,
             "seq": None,
             "ts": ts,
