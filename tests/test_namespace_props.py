@@ -558,3 +558,73 @@ def test_random_ops_match_posix_model(ops: list[tuple], restore_at: int) -> None
         for c in log[midway_at:]:
             midway.apply(c)
         assert midway.snapshot() == snap
+
+
+_dir_op = st.one_of(
+    st.tuples(st.just("create"), st.integers(0, 40)),
+    st.tuples(st.just("unlink"), st.integers(0, 40)),
+    st.tuples(st.just("rename"), st.integers(0, 40), st.integers(0, 40)),
+    st.tuples(st.just("page"), st.integers(-1, 40), st.integers(1, 7)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(_dir_op, min_size=1, max_size=120))
+def test_readdir_pages_track_mutations(ops: list[tuple]) -> None:
+    """Paged listings stay right while the directory changes between pages
+    (the sorted index is patched, or rebuilt, underneath)."""
+    ns = Namespace()
+    names: set[str] = set()
+    ts = 1
+    for op in ops:
+        ts += 1
+        if op[0] == "create":
+            n = f"f{op[1]:02d}"
+            r = ns.apply({"op": "create", "args": {"path": "/" + n}, "ts": ts})
+            assert r["ok"] == (n not in names)
+            names.add(n)
+        elif op[0] == "unlink":
+            n = f"f{op[1]:02d}"
+            r = ns.apply({"op": "unlink", "args": {"path": "/" + n}, "ts": ts})
+            assert r["ok"] == (n in names)
+            names.discard(n)
+        elif op[0] == "rename":
+            a, b = f"f{op[1]:02d}", f"f{op[2]:02d}"
+            r = ns.apply({"op": "rename", "args": {"src": "/" + a, "dst": "/" + b}, "ts": ts})
+            assert r["ok"] == (a in names)
+            if a in names:
+                names.discard(a)
+                names.add(b)
+        else:
+            after = None if op[1] < 0 else f"f{op[1]:02d}"
+            r = ns.query("readdir", {"path": "/", "after": after, "limit": op[2]})
+            want = sorted(n for n in names if after is None or n > after)
+            assert [e["name"] for e in r["entries"]] == want[: op[2]]
+            assert r["more"] == (len(want) > op[2])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    start=st.sets(st.integers(0, 3000), max_size=300),
+    changes=st.lists(st.tuples(st.booleans(), st.integers(0, 3000)), max_size=400),
+    after=st.none() | st.integers(-1, 3001),
+    limit=st.integers(1, 50),
+)
+def test_sorted_index_patch_and_rebuild(
+    start: set[int], changes: list[tuple[bool, int]], after: int | None, limit: int
+) -> None:
+    from metadata.sortedindex import SortedIndex
+
+    src = set(start)
+    idx = SortedIndex(src)
+    for add, k in changes:
+        if add and k not in src:
+            src.add(k)
+            idx.add(k)
+        elif not add and k in src:
+            src.discard(k)
+            idx.discard(k)
+    got, more = idx.page(after, limit, lambda: src)
+    want = sorted(k for k in src if after is None or k > after)
+    assert got == want[:limit] and more == (len(want) > limit)
+    assert idx.keys == sorted(src)
