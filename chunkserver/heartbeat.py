@@ -31,6 +31,7 @@ class ChunkLog:
         self._lock = threading.Lock()
         self.added: set[str] = set()
         self.removed: set[str] = set()
+        self.corrupt: set[str] = set()  # found bad (quarantined), not yet reported
 
     def add(self, cid: str) -> None:
         with self._lock:
@@ -41,6 +42,21 @@ class ChunkLog:
         with self._lock:
             self.added.discard(cid)
             self.removed.add(cid)
+
+    def bad(self, cid: str) -> None:
+        with self._lock:
+            self.added.discard(cid)
+            self.corrupt.add(cid)
+
+    def take_corrupt(self) -> list[str]:
+        with self._lock:
+            out = sorted(self.corrupt)
+            self.corrupt.clear()
+        return out
+
+    def put_back_corrupt(self, ids: list[str]) -> None:
+        with self._lock:
+            self.corrupt.update(ids)
 
     def take(self) -> tuple[list[str], list[str]]:
         with self._lock:
@@ -120,6 +136,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         added, removed = self.server.chunk_log.take()
+        corrupt = self.server.chunk_log.take_corrupt()
         try:
             r = self.meta.call(
                 "md.heartbeat",
@@ -129,10 +146,12 @@ class Heartbeat:
                     "stat": self.server.stat(),
                     "added": added,
                     "removed": removed,
+                    "corrupt": corrupt,
                 },
             )
         except DfsError:
             self.server.chunk_log.put_back(added, removed)
+            self.server.chunk_log.put_back_corrupt(corrupt)
             raise
         if not r.get("known", True):
             self._registered = False

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from chunkserver.heartbeat import ChunkLog, Heartbeat
+from chunkserver.scrub import DEFAULT_INTERVAL, DEFAULT_RATE, Scrubber
 from chunkserver.store import ChunkStore
-from dfs import rpc
+from dfs import errors, rpc
 from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
@@ -30,6 +31,7 @@ log = logging.getLogger("dfs.chunkserver")
 
 LIST_PAGE_MAX = 10_000
 FORWARD_TIMEOUT = 5.0  # seconds a chained put waits for the next server
+ADMIN_STATES = ("active", "decommissioning", "retired")
 
 
 class ChunkServer:
@@ -43,8 +45,13 @@ class ChunkServer:
         security: Security | None = None,
         capacity: int | None = None,
         workers: int = 4,
+        scrub_rate: float = DEFAULT_RATE,
+        scrub_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.store = ChunkStore(data_dir, capacity=capacity)
+        self.data_dir = Path(data_dir)
+        self.scrubber = Scrubber(self.store, self._found_corrupt, scrub_rate, scrub_interval)
+        self.admin_state = self._load_admin_state()
         self.security = security
         self.rpc = rpc.RpcServer(listen, security=security, workers=workers, name="chunkserver")
         # shorter than a client's timeout, so a dead next hop is reported as such
@@ -62,6 +69,8 @@ class ChunkServer:
         r("cs.list", self.list_ids, blocking=True)
         r("cs.verify", self.verify, blocking=True)
         r("cs.replicate", self.replicate, blocking=True)
+        r("cs.scrub", self.scrub)
+        r("cs.admin_state", self.set_admin_state, blocking=True)
 
     # ------------------------------------------------------------ handlers
 
@@ -105,26 +114,43 @@ class ChunkServer:
     def get(self, call: rpc.Call) -> Any:
         f = call.fields
         with self._busy():
-            data = self.store.get(f["id"], f.get("offset", 0), f.get("length"))
+            data = self._read(f["id"], f.get("offset", 0), f.get("length"))
         return {"length": len(data)}, [data]
+
+    def _read(self, chunk_id: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read through the store; a copy found corrupt is reported with the next heartbeat."""
+        try:
+            return self.store.get(chunk_id, offset, length)
+        except DfsError as exc:
+            if exc.code == errors.CORRUPT:
+                self._found_corrupt(chunk_id)
+            raise
+
+    def _found_corrupt(self, chunk_id: str) -> None:
+        self.chunk_log.bad(chunk_id)
 
     def has(self, call: rpc.Call) -> Any:
         return {"has": self.store.has(call.fields["ids"])}
 
     def delete(self, call: rpc.Call) -> Any:
-        return {"deleted": self._delete(call.fields["ids"])}
+        n, kept = self._delete(call.fields["ids"], call.fields.get("unless_newer"))
+        return {"deleted": n, "kept": kept}
 
-    def _delete(self, ids: list[str]) -> int:
-        n = self.store.delete(ids)
+    def _delete(self, ids: list[str], unless_newer: float | None = None) -> tuple[int, list[str]]:
+        n, kept = self.store.delete_unless_newer(ids, unless_newer)
+        keep = set(kept)
         for cid in ids:
-            self.chunk_log.remove(cid)
-        return n
+            if cid not in keep:
+                self.chunk_log.remove(cid)
+        return n, kept
 
     def run_command(self, cmd: dict[str, Any]) -> None:
         """Work the metadata leader hands out with a heartbeat reply (GC, repair)."""
         op = cmd.get("op")
         if op == "delete":
             self.rpc.submit(self._delete, list(cmd.get("ids", [])))
+        elif op == "admin_state":
+            self.rpc.submit(self._set_admin_state, str(cmd.get("state")))
         elif op == "replicate":
             self.rpc.submit(self._replicate_now, cmd["id"], list(cmd["to"]))
         else:
@@ -132,7 +158,7 @@ class ChunkServer:
 
     def _replicate_now(self, chunk_id: str, targets: list[str]) -> None:
         try:
-            data = self.store.get(chunk_id)
+            data = self._read(chunk_id)
             self.client.call(
                 targets[0], "cs.put", {"id": chunk_id, "forward": targets[1:]}, [data], timeout=30
             )
@@ -140,10 +166,42 @@ class ChunkServer:
             log.warning("replicating %s to %s failed: %s", chunk_id[:12], targets, exc.message)
 
     def stat(self, call: rpc.Call | None = None) -> dict[str, Any]:
-        out = dict(self.store.stat())
+        out: dict[str, Any] = dict(self.store.stat())
         out["load"] = self._load
         out["endpoint"] = self.endpoint
+        out["scrub"] = self.scrubber.progress()
+        out["admin"] = self.admin_state
         return out
+
+    def scrub(self, call: rpc.Call) -> Any:
+        return {"started": self.scrubber.start_now(), "scrub": self.scrubber.progress()}
+
+    # ------------------------------------------------------------ admin state
+
+    def _admin_file(self) -> Path:
+        return self.data_dir / "admin_state"
+
+    def _load_admin_state(self) -> str:
+        """Decommissioning/retired survive restarts and metadata leader changes: the
+        leader learns it again from our registration."""
+        try:
+            state = self._admin_file().read_text().strip()
+        except OSError:
+            return "active"
+        return state if state in ADMIN_STATES else "active"
+
+    def set_admin_state(self, call: rpc.Call) -> Any:
+        self._set_admin_state(call.fields["state"])
+        return {"state": self.admin_state}
+
+    def _set_admin_state(self, state: str) -> None:
+        if state not in ADMIN_STATES:
+            raise DfsError("EINVAL", f"admin state must be one of {ADMIN_STATES}, got {state!r}")
+        if state == self.admin_state:
+            return
+        _write_atomic(self._admin_file(), state + "\n")
+        self.admin_state = state
+        log.info("admin state is now %s", state)
 
     def list_ids(self, call: rpc.Call) -> Any:
         limit = min(call.fields.get("limit", 1000), LIST_PAGE_MAX)
@@ -157,7 +215,7 @@ class ChunkServer:
         """Copy a local chunk to other servers (repair and rebalance), chained."""
         chunk_id, targets = call.fields["id"], call.fields["to"]
         with self._busy():
-            data = self.store.get(chunk_id)
+            data = self._read(chunk_id)
         fut = self.client.call_async(
             targets[0], "cs.put", {"id": chunk_id, "forward": targets[1:]}, [data]
         )
@@ -168,7 +226,7 @@ class ChunkServer:
             except DfsError as exc:
                 call.fail(exc)
                 return
-            call.respond({"stored": reply.fields.get("stored", [])})
+            call.respond({"stored": reply.fields.get("stored", []), "bytes": len(data)})
 
         fut.add_done_callback(done)
         return rpc.DEFERRED
@@ -180,9 +238,11 @@ class ChunkServer:
 
     def start(self) -> ChunkServer:
         self.rpc.start()
+        self.scrubber.start()
         return self
 
     def stop(self) -> None:
+        self.scrubber.stop()
         self.rpc.stop()
         self.client.close()
 
@@ -228,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="failure-domain label, e.g. rack=r1 (repeatable)",
     )
     p.add_argument("--workers", type=int, default=4, help="disk/hash worker threads")
+    p.add_argument(
+        "--scrub-rate",
+        type=float,
+        default=DEFAULT_RATE / (1 << 20),
+        metavar="MB/S",
+        help="background scrub read rate in MiB/s (0: only on demand, dfs-admin scrub)",
+    )
+    p.add_argument(
+        "--scrub-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between the starts of automatic scrub passes",
+    )
     p.add_argument("--pid-file", type=Path, help="write the process id here")
     p.add_argument("--endpoint-file", type=Path, help="write the bound endpoint here")
     p.add_argument("--log-level", default="INFO")
@@ -245,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             security=load_optional(args.key),
             capacity=args.capacity,
             workers=args.workers,
+            scrub_rate=max(0.0, args.scrub_rate) * (1 << 20),
+            scrub_interval=max(1.0, args.scrub_interval),
         )
     except DfsError as exc:
         log.error("cannot start: %s", exc.message)

@@ -288,6 +288,10 @@ class ChunkStore:
         path = self._path(cid)
         with self._id_lock(cid):
             if path.exists():
+                # a re-put marks the copy fresh (its atime; the content and mtime stay),
+                # so GC's delete_unless_newer keeps it for the writer about to commit
+                with contextlib.suppress(OSError):
+                    os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
                 return False
             codec, payload = self._encode(mv)
             stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
@@ -472,14 +476,27 @@ class ChunkStore:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete chunks; returns how many were stored (missing ids are not an error)."""
+        return self.delete_unless_newer(ids, None)[0]
+
+    def delete_unless_newer(
+        self, ids: Iterable[str], seconds: float | None
+    ) -> tuple[int, list[str]]:
+        """Delete chunks, except those written or re-put less than ``seconds`` ago
+        (an upload may be about to commit them). Returns (deleted, kept ids)."""
         cids = [validate_id(i) for i in ids]
         deleted = 0
+        kept: list[str] = []
         dirs: set[Path] = set()
         for cid in cids:
             path = self._path(cid)
             with self._id_lock(cid):
                 try:
-                    size = os.stat(path).st_size
+                    st = os.stat(path)
+                    size = st.st_size
+                    fresh = max(st.st_mtime, st.st_atime)
+                    if seconds is not None and time.time() - fresh < seconds:
+                        kept.append(cid)
+                        continue
                     os.unlink(path)
                 except FileNotFoundError:
                     with self._lock:
@@ -494,7 +511,7 @@ class ChunkStore:
         for d in dirs:
             with contextlib.suppress(OSError):
                 _fsync_dir(d)
-        return deleted
+        return deleted, kept
 
     def size_of(self, chunk_id: str) -> int:
         """The chunk's original (uncompressed) length, from its header."""

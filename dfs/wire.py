@@ -162,7 +162,12 @@ _CHUNKSERVER_OPS = [
         doc="read a chunk or a byte range of it; the reply carries one data frame",
     ),
     Op("cs.has", {"ids": req(CHUNK_IDS)}, doc="which of these chunks are stored here"),
-    Op("cs.delete", {"ids": req(CHUNK_IDS)}, doc="delete chunks (garbage collection)"),
+    Op(
+        "cs.delete",
+        {"ids": req(CHUNK_IDS), "unless_newer": opt(INT)},
+        doc="delete chunks (GC, trims); unless_newer: keep those written or re-put in the"
+        " last N seconds (an upload may be about to commit them); the reply lists them",
+    ),
     Op("cs.stat", {}, doc="capacity, used bytes, chunk count, load"),
     Op("cs.list", {"after": opt(CHUNK_ID), "limit": opt(INT)}, doc="a page of stored chunk ids"),
     Op("cs.verify", {"id": req(CHUNK_ID)}, doc="re-check one chunk's checksum and SHA-256"),
@@ -171,7 +176,12 @@ _CHUNKSERVER_OPS = [
         {"id": req(CHUNK_ID), "to": req(ENDPOINTS)},
         doc="copy a stored chunk to other servers (repair, rebalance)",
     ),
-    Op("cs.scrub", {}, doc="start a scrub pass now"),
+    Op("cs.scrub", {}, doc="start a scrub pass now (progress shows in cs.stat)"),
+    Op(
+        "cs.admin_state",
+        {"state": req(STR)},
+        doc="persist this server's admin state (active, decommissioning, retired)",
+    ),
 ]
 
 # Metadata namespace operations carry their arguments in "args"; the namespace
@@ -220,7 +230,12 @@ _METADATA_OPS = [
         for name in NAMESPACE_MUTATIONS
     ),
     *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}") for name in NAMESPACE_QUERIES),
-    Op("md.locate", {"ids": req(CHUNK_IDS)}, doc="live replicas of chunks, least loaded first"),
+    Op(
+        "md.locate",
+        {"ids": req(CHUNK_IDS), "dedup": opt(BOOL)},
+        doc="live replicas of chunks, least loaded first; with dedup, chunks no file"
+        " references (garbage candidates) are not offered, so a writer uploads them again",
+    ),
     Op(
         "md.place",
         {"count": req(INT), "rep": opt(INT), "exclude": opt(ENDPOINTS)},
@@ -240,8 +255,10 @@ _METADATA_OPS = [
             "stat": req(MAP),
             "added": opt(CHUNK_IDS),
             "removed": opt(CHUNK_IDS),
+            "corrupt": opt(CHUNK_IDS),
         },
-        doc="chunkserver heartbeat with an incremental chunk report",
+        doc="chunkserver heartbeat with an incremental chunk report; corrupt: copies the"
+        " server found bad (scrub or read) and quarantined",
     ),
     Op(
         "md.report",
@@ -249,7 +266,8 @@ _METADATA_OPS = [
         doc="one page of a chunkserver's full chunk report",
     ),
     Op("md.status", {}, doc="cluster status for dfs-admin"),
-    Op("md.fsck", {"path": opt(STR)}, doc="per-file replication health"),
+    Op("md.node_status", {}, doc="this metadata node's own Raft status (any node answers)"),
+    Op("md.fsck", {"path": opt(STR), "limit": opt(INT)}, doc="per-file replication health"),
     Op("md.admin", {"action": req(STR), "args": opt(MAP)}, doc="admin actions"),
     # a trivial replicated key-value store on the same Raft driver (benchmarks, tests)
     Op("kv.put", {"key": req(STR), "value": req(BYTES)}, doc="replicate one write"),

@@ -26,7 +26,7 @@ log = logging.getLogger("dfs.metadata.admin")
 
 FSCK_LIMIT = 1000  # unhealthy files listed by default
 PLAN_LIMIT = 10_000  # moves a dry-run rebalance prints at most
-SIZES_TTL = 3.0  # seconds the chunk-size table of status is reused
+SIZES_TTL = 1.0  # seconds the chunk-size table of status is reused
 
 
 def walk_files(ns: Any, path: str = "/") -> Iterator[tuple[str, Inode]]:
@@ -91,10 +91,11 @@ class AdminOps:
         stored = sum(s.used for s in counted)
         sizes = self.sizes()
         unique = sum(sizes.values())
-        copies = sum(len(reg.all_replicas(c)) for c in sizes)
+        copies = sum(len(reg.readable(c)) for c in sizes)  # on the servers counted in stored
         health = node.maintenance.fsck()
         return {
             "leader": node.driver.leader_endpoint(),
+            "now": time.monotonic(),  # the leader's clock, for last_seen ages
             "node": {"id": node.id, "endpoint": node.endpoint, **node.driver.status()},
             "peers": {str(k): v for k, v in node.peers.items()},
             "chunkservers": servers,

@@ -1,7 +1,8 @@
 """``dfs-admin``: run a local cluster, see its status, keep it healthy.
 
-Exit codes: 0 success (for fsck: healthy), 1 an operation failed (for fsck:
-something is under-replicated or missing), 2 usage or connection error.
+Exit codes: 0 success (for fsck: healthy), 1 an operation failed or did not
+finish (for fsck: something is under-replicated or missing, or the leader's
+picture is incomplete), 2 usage or connection error.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dfs.client import connect
+from dfs import errors
+from dfs.client import Client, connect
 from dfs.config import resolve
 from dfs.errors import DfsError
+from dfs.rpc import RpcClient
 from dfs.security import Security
 from tools.cluster import LocalCluster
 
@@ -100,12 +103,37 @@ def cmd_keys_generate(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- status
 
 
+def _connect(a: argparse.Namespace) -> Client:
+    return connect(resolve(a.cluster, a.key))
+
+
+def _admin(c: Client, action: str, **args: Any) -> dict[str, Any]:
+    return c.meta.call("md.admin", {"action": action, "args": args})
+
+
+def _node_statuses(c: Client) -> list[dict[str, Any]]:
+    """Every metadata endpoint's own Raft view (an unreachable node shows as down)."""
+    out = []
+    with RpcClient(security=c.config.security(), timeout=2.0) as rpc:
+        for ep in c.config.metadata:
+            try:
+                out.append(rpc.call(ep, "md.node_status").fields)
+            except DfsError as exc:
+                out.append({"endpoint": ep, "role": "down", "error": exc.message})
+    return out
+
+
 def cmd_status(a: argparse.Namespace) -> int:
-    c = connect(resolve(a.cluster, a.key))
+    c = _connect(a)
     try:
         st = c.status()
+        st["metadata_nodes"] = _node_statuses(c)
     finally:
         c.close()
+    lead_commit = st.get("node", {}).get("commit", 0)
+    for n in st["metadata_nodes"]:
+        if "applied" in n:
+            n["lag"] = max(0, lead_commit - n["applied"])
     if a.json:
         print(json.dumps(st, indent=2, default=str))
         return EXIT_OK
@@ -118,33 +146,87 @@ def _print_status(st: dict[str, Any]) -> None:
     from rich.table import Table
 
     con = Console()
-    node = st.get("node", {})
-    con.print(
-        f"[bold]metadata leader[/] {st.get('leader')}  term {node.get('term')}  "
-        f"commit {node.get('commit')}  applied {node.get('applied')}"
-    )
+    t = Table(title="metadata nodes")
+    for col in ("id", "endpoint", "role", "term", "commit", "applied", "lag"):
+        t.add_column(
+            col, justify="right" if col in ("term", "commit", "applied", "lag") else "left"
+        )
+    for n in st.get("metadata_nodes", []):
+        t.add_row(
+            str(n.get("id", "-")),
+            n.get("endpoint", "-").removeprefix("tcp://"),
+            n.get("role", "-"),
+            *(str(n.get(k, "-")) for k in ("term", "commit", "applied", "lag")),
+        )
+    con.print(t)
+
     t = Table(title="chunkservers")
-    for col in ("endpoint", "state", "capacity", "used %", "chunks", "last seen"):
+    cols = ("endpoint", "state", "capacity", "used %", "chunks", "last heartbeat", "scrub")
+    for col in cols:
         t.add_column(col)
-    now = time.monotonic()
+    now = st.get("now") or time.monotonic()
     for s in st.get("chunkservers", []):
         stat = s.get("stat", {})
         cap = stat.get("capacity", 0) or 0
         used = stat.get("used", 0) or 0
         t.add_row(
-            s["endpoint"],
+            s["endpoint"].removeprefix("tcp://"),
             s["state"],
             _human(cap),
             f"{100 * used / cap:.1f}" if cap else "-",
             str(stat.get("chunks", "-")),
             f"{max(0.0, now - s.get('last_seen', now)):.1f}s ago",
+            _scrub_text(stat.get("scrub") or {}),
         )
     con.print(t)
-    ns = st.get("namespace", {})
-    con.print(
-        f"files {ns.get('files')}  dirs {ns.get('dirs')}  "
-        f"logical {_human(ns.get('logical_bytes', 0))}  chunks {ns.get('chunks')}"
-    )
+
+    cl = st.get("cluster", {})
+    t = Table(title="cluster", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [
+        ("files", str(cl.get("files", 0))),
+        ("logical bytes", _human(cl.get("logical_bytes", 0))),
+        ("unique chunk bytes", _human(cl.get("unique_bytes", 0))),
+        ("stored bytes (all copies)", _human(cl.get("stored_bytes", 0))),
+        ("dedup ratio", f"{cl.get('dedup_ratio', 1.0):.2f}x"),
+        ("compression ratio", f"{cl.get('compression_ratio', 1.0):.2f}x"),
+        ("chunks", str(cl.get("chunks", 0))),
+        ("under-replicated", _flag(cl.get("under_replicated", 0), "yellow")),
+        ("missing", _flag(cl.get("missing", 0), "red")),
+        ("corrupt copies", _flag(cl.get("corrupt_replicas", 0), "yellow")),
+    ]
+    if not cl.get("reports_complete", True):
+        rows.append(("chunk reports", "[yellow]incomplete (leader just started)[/]"))
+    rb = (st.get("maintenance") or {}).get("rebalance")
+    if rb and not rb.get("done"):
+        rows.append(("rebalance", f"running: {rb.get('moves_done')} moves"))
+    for r in rows:
+        t.add_row(*r)
+    con.print(t)
+
+
+def _flag(n: int, color: str) -> str:
+    return f"[{color}]{n}[/]" if n else "0"
+
+
+def _scrub_text(sc: dict[str, Any]) -> str:
+    if not sc:
+        return "-"
+    if sc.get("running"):
+        return f"running {sc.get('pct') or 0:.0f}%"
+    end = sc.get("last_pass_end") or 0
+    if not end:
+        return "never"
+    bad = sc.get("corrupt_found", 0)
+    return f"{_ago(time.time() - end)} ago" + (f", {bad} bad" if bad else "")
+
+
+def _ago(sec: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if sec >= n:
+            return f"{sec / n:.0f}{unit}"
+    return f"{sec:.0f}s"
 
 
 def _human(n: float) -> str:
@@ -153,6 +235,268 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+# ---------------------------------------------------------------- fsck
+
+
+def cmd_fsck(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        r = c.meta.call("md.fsck", {"path": a.path, "limit": max(0, a.limit)})
+    finally:
+        c.close()
+    code = EXIT_OK if r.get("ok") else EXIT_FAIL
+    if a.json:
+        print(json.dumps(r, indent=2, default=str))
+        return code
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if r["files_listed"]:
+        t = Table(title=f"unhealthy files under {r['path']}")
+        for col in ("path", "rep", "chunks", "under-replicated", "missing", "unknown"):
+            t.add_column(col)
+        for f in r["files_listed"]:
+            t.add_row(
+                f["path"],
+                str(f["rep"]),
+                str(f["chunks"]),
+                str(f["under_replicated"]),
+                str(f["missing"]),
+                str(f["unknown"]),
+            )
+        con.print(t)
+    verdict = "[green]HEALTHY[/]" if r.get("ok") else "[red]NOT HEALTHY[/]"
+    con.print(
+        f"{verdict}: {r['files']} files, {r['chunks']} chunk references: "
+        f"{r['healthy']} healthy, {r['under_replicated']} under-replicated, "
+        f"{r['missing']} missing"
+        + (f", {r['unknown']} unknown" if r["unknown"] else "")
+        + ("" if r["complete"] else " (chunk reports still incomplete)")
+    )
+    return code
+
+
+# ---------------------------------------------------------------- rebalance
+
+
+def cmd_rebalance(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        r = _admin(
+            c,
+            "rebalance",
+            threshold=a.threshold,
+            bandwidth=max(0.0, a.bandwidth) * (1 << 20),
+            dry_run=a.dry_run,
+        )
+        if a.dry_run:
+            return _print_plan(r, a)
+        if a.no_wait:
+            print(json.dumps(r, indent=2) if a.json else "rebalance started")
+            return EXIT_OK
+        rb = _wait_rebalance(c, r["rebalance"], a)
+    finally:
+        c.close()
+    if a.json:
+        print(json.dumps(rb, indent=2, default=str))
+    else:
+        print(
+            f"rebalance {'done' if rb['done'] else 'not finished'}: {rb['moves_done']} moves, "
+            f"{_human(rb['bytes_moved'])} copied, {rb['moves_failed']} failed"
+        )
+    return EXIT_OK if rb["done"] else EXIT_FAIL
+
+
+def _print_plan(r: dict[str, Any], a: argparse.Namespace) -> int:
+    if a.json:
+        print(json.dumps(r, indent=2, default=str))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="chunkservers now")
+    for col in ("endpoint", "used", "capacity", "used %"):
+        t.add_column(col)
+    for s in r["servers"]:
+        t.add_row(s["endpoint"], _human(s["used"]), _human(s["capacity"]), f"{s['used_pct']:.1f}")
+    con.print(t)
+    per: dict[tuple[str, str], list[int]] = {}
+    for _cid, src, dst, size in r["moves"]:
+        x = per.setdefault((src, dst), [0, 0])
+        x[0] += 1
+        x[1] += size
+    t = Table(title=f"plan (threshold {a.threshold} points): {len(r['moves'])} moves")
+    for col in ("from", "to", "chunks", "bytes"):
+        t.add_column(col)
+    for (src, dst), (n, size) in sorted(per.items()):
+        t.add_row(src, dst, str(n), _human(size))
+    con.print(t)
+    if not r["moves"]:
+        con.print("every chunkserver is within the threshold: nothing to move")
+    return EXIT_OK
+
+
+def _wait_rebalance(c: Client, rb: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    deadline = time.monotonic() + a.timeout if a.timeout > 0 else float("inf")
+    total = max(1.0, float(rb.get("initial_excess") or 0))
+    with Progress(
+        TextColumn("rebalance"),
+        BarColumn(),
+        TextColumn("{task.fields[moves]} moves, {task.fields[moved]}"),
+        TimeElapsedColumn(),
+        disable=not sys.stderr.isatty() or a.json,
+        console=None,
+    ) as bar:
+        task = bar.add_task("rebalance", total=total, moves=0, moved="0 B")
+        while not rb.get("done") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            got = _admin(c, "rebalance_status")["rebalance"]
+            if got is None:  # a new leader: start again where things stand
+                got = _admin(c, "rebalance", threshold=a.threshold,
+                             bandwidth=max(0.0, a.bandwidth) * (1 << 20))["rebalance"]  # fmt: skip
+            rb = got
+            bar.update(
+                task,
+                completed=max(0.0, total - float(rb.get("excess") or 0)),
+                moves=rb["moves_done"],
+                moved=_human(rb["bytes_moved"]),
+            )
+    return rb
+
+
+# ---------------------------------------------------------------- decommission
+
+
+def cmd_decommission(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        if a.cancel:
+            r = _admin(c, "recommission", server=a.node)
+            print(f"{r['server']} is {r['state']} again")
+            return EXIT_OK
+        r = _admin(c, "decommission", server=a.node)
+        print(f"decommissioning {r['server']}: {r['chunks']} chunks to drain")
+        if a.no_wait:
+            return EXIT_OK
+        r = _wait_decommission(c, r, a)
+    finally:
+        c.close()
+    if r["state"] == "retired":
+        print(f"{r['server']} is drained and retired: it can be stopped")
+        return EXIT_OK
+    print(f"{r['server']} is {r['state']}: {r['remaining']} chunks still to copy")
+    return EXIT_FAIL
+
+
+def _wait_decommission(c: Client, r: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    deadline = time.monotonic() + a.timeout if a.timeout > 0 else float("inf")
+    total = max(1, r["chunks"])
+    with Progress(
+        TextColumn("draining"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task("drain", total=total)
+        while r["state"] != "retired" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            r = _admin(c, "decommission_status", server=r["server"])
+            bar.update(task, completed=total - min(total, r["remaining"]))
+    return r
+
+
+# ---------------------------------------------------------------- scrub
+
+
+def cmd_scrub(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        before = {s["endpoint"]: s for s in c.status()["chunkservers"]}
+        r = _admin(c, "scrub", **({"server": a.server} if a.server else {}))
+        servers = r["servers"]
+        print(f"scrub started on {len(servers)} chunkservers")
+        if a.no_wait:
+            return EXIT_OK
+        passes = {ep: _scrub(before.get(ep, {})).get("passes", 0) for ep in servers}
+        deadline = time.monotonic() + a.timeout if a.timeout > 0 else float("inf")
+        while True:
+            now = {s["endpoint"]: _scrub(s) for s in c.status()["chunkservers"]}
+            done = [ep for ep in servers if now.get(ep, {}).get("passes", 0) > passes[ep]]
+            if len(done) == len(servers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        c.close()
+    bad = 0
+    for ep in servers:
+        sc = now.get(ep, {})
+        found = sc.get("corrupt_found", 0) - _scrub(before.get(ep, {})).get("corrupt_found", 0)
+        bad += found
+        state = "done" if ep in done else f"{sc.get('pct') or 0:.0f}%"
+        print(f"  {ep}: {state}, {found} corrupt")
+    if len(done) < len(servers):
+        print("scrub not finished on every server", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"scrub done: {bad} corrupt copies found (they are re-copied from good ones)")
+    return EXIT_OK
+
+
+def _scrub(server: dict[str, Any]) -> dict[str, Any]:
+    return (server.get("stat") or {}).get("scrub") or {}
+
+
+# ---------------------------------------------------------------- setrep, raft
+
+
+def cmd_setrep(a: argparse.Namespace) -> int:
+    if not 1 <= a.rep <= 16:
+        print("dfs-admin: rep must be between 1 and 16", file=sys.stderr)
+        return EXIT_USAGE
+    c = _connect(a)
+    try:
+        c.setrep(a.path, a.rep, recursive=a.recursive)
+    finally:
+        c.close()
+    print(f"{a.path}: replication {a.rep} (copies are added or trimmed in the background)")
+    return EXIT_OK
+
+
+def cmd_raft_transfer(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        args: dict[str, Any] = {}
+        if a.to:
+            args["to"] = int(a.to) if a.to.isdigit() else a.to
+        r = _admin(c, "transfer_leader", **args)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = _node_statuses(c)
+            lead = {n.get("leader") for n in st if n.get("role") != "down"}
+            if lead == {r["endpoint"]}:
+                print(f"leadership moved to node {r['to']} ({r['endpoint']})")
+                return EXIT_OK
+            time.sleep(0.2)
+    finally:
+        c.close()
+    print(f"dfs-admin: node {r['to']} did not take over within 10s", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_raft_member(a: argparse.Namespace) -> int:
+    c = _connect(a)
+    try:
+        _admin(c, f"raft_{a.member_op}", node=a.node)
+    finally:
+        c.close()
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- parser
@@ -186,9 +530,69 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true")
     gen.set_defaults(fn=cmd_keys_generate)
 
-    st = sub.add_parser("status", help="metadata nodes, chunkservers, usage")
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="metadata nodes, chunkservers, usage, health")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
+
+    fs = sub.add_parser(
+        "fsck",
+        help="per-file replication health (exit 0 only when every chunk has its R copies)",
+    )
+    fs.add_argument("path", nargs="?", default="/", help="only files under this path")
+    fs.add_argument("--json", action="store_true")
+    fs.add_argument("--limit", type=int, default=1000, help="unhealthy files listed at most")
+    fs.set_defaults(fn=cmd_fsck)
+
+    rb = sub.add_parser(
+        "rebalance",
+        help="move replicas from fuller to emptier chunkservers (copy first, never below R)",
+    )
+    rb.add_argument(
+        "--threshold",
+        type=float,
+        default=10.0,
+        metavar="PCT",
+        help="every server ends within PCT percentage points of the mean use (default 10)",
+    )
+    rb.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
+    rb.add_argument(
+        "--bandwidth", type=float, default=0.0, metavar="MB/S", help="per-server limit, MiB/s"
+    )
+    rb.add_argument("--no-wait", action="store_true", help="start it and return")
+    rb.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(fn=cmd_rebalance)
+
+    dc = sub.add_parser(
+        "decommission", help="drain a chunkserver (its chunks copied elsewhere), then retire it"
+    )
+    dc.add_argument("node", help="chunkserver endpoint (or node name, or :PORT)")
+    dc.add_argument("--cancel", action="store_true", help="stop draining: make it active again")
+    dc.add_argument("--no-wait", action="store_true", help="start it and return")
+    dc.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
+    dc.set_defaults(fn=cmd_decommission)
+
+    sc = sub.add_parser("scrub", help="start a scrub pass on the chunkservers now, report")
+    sc.add_argument("--server", help="only this chunkserver")
+    sc.add_argument("--no-wait", action="store_true", help="start it and return")
+    sc.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
+    sc.set_defaults(fn=cmd_scrub)
+
+    sr = sub.add_parser("setrep", help="set the replication factor of a file or directory")
+    sr.add_argument("rep", type=int)
+    sr.add_argument("path")
+    sr.add_argument("-r", "--recursive", action="store_true")
+    sr.set_defaults(fn=cmd_setrep)
+
+    rf = sub.add_parser("raft", help="metadata (Raft) membership and leadership")
+    rsub = rf.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tl = rsub.add_parser("transfer-leader", help="hand leadership to another metadata node")
+    tl.add_argument("--to", help="node id or endpoint (default: the most caught-up follower)")
+    tl.set_defaults(fn=cmd_raft_transfer)
+    for name in ("add", "remove"):
+        x = rsub.add_parser(name, help=f"{name} a metadata node (not available yet)")
+        x.add_argument("node")
+        x.set_defaults(fn=cmd_raft_member, member_op=name)
     return p
 
 
@@ -198,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except DfsError as exc:
         print(f"dfs-admin: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE if exc.code in ("EINVAL", "ENOENT") else EXIT_FAIL
+        usage = exc.code in ("EINVAL", "ENOENT", errors.UNAVAILABLE, errors.TIMEOUT)
+        return EXIT_USAGE if usage else EXIT_FAIL
     except KeyboardInterrupt:
         return 130
 

@@ -40,6 +40,10 @@ class LocalCluster:
     chunkservers: list[Proc] = field(default_factory=list)
     peers: dict[int, str] = field(default_factory=dict)
     chunkserver_args: dict[str, list[str]] = field(default_factory=dict)
+    # extra flags for every metadata node (e.g. ["--gc-grace", "2"]) and chunkserver
+    metadata_extra: list[str] = field(default_factory=list)
+    chunkserver_extra: list[str] = field(default_factory=list)
+    gc_grace: float | None = None  # shorthand for --gc-grace (tests use a short one)
 
     @property
     def endpoints(self) -> list[str]:
@@ -82,6 +86,8 @@ class LocalCluster:
             "--peers",
             peers,
             *self._key_args(),
+            *(["--gc-grace", str(self.gc_grace)] if self.gc_grace is not None else []),
+            *self.metadata_extra,
         ]
         proc = spawn("metadata", name, self.dir / "run", args, detach=self.detach)
         self.metadata = [p for p in self.metadata if p.name != name] + [proc]
@@ -102,6 +108,7 @@ class LocalCluster:
                 "--cluster",
                 ",".join(self.endpoints),
                 *self._key_args(),
+                *self.chunkserver_extra,
                 *(extra or []),
             ]
         proc = spawn(
@@ -180,6 +187,8 @@ class LocalCluster:
             "peers": {str(k): v for k, v in self.peers.items()},
             "key_file": str(self.key_file) if self.key_file else None,
             "chunkserver_args": self.chunkserver_args,
+            "metadata_extra": self.metadata_extra,
+            "gc_grace": self.gc_grace,
             "processes": [
                 {"role": p.role, "name": p.name, "pid": p.pid, "endpoint": p.endpoint}
                 for p in self.metadata + self.chunkservers
@@ -194,6 +203,8 @@ class LocalCluster:
         c.peers = {int(k): v for k, v in state["peers"].items()}
         c.key_file = Path(state["key_file"]) if state.get("key_file") else None
         c.chunkserver_args = state.get("chunkserver_args", {})
+        c.metadata_extra = state.get("metadata_extra", [])
+        c.gc_grace = state.get("gc_grace")
         for p in state["processes"]:
             proc = Proc(p["role"], p["name"], dir / "run", p["pid"], p["endpoint"])
             (c.metadata if p["role"] == "metadata" else c.chunkservers).append(proc)
