@@ -5,7 +5,7 @@ If a checker ever stops catching these, it has gone blind."""
 from __future__ import annotations
 
 from metadata.raft.core import RaftNode
-from metadata.raft.messages import NONE, HardState
+from metadata.raft.messages import NONE, AppendEntries, HardState
 
 
 class CommitOldTermNode(RaftNode):
@@ -45,3 +45,21 @@ class EagerSelfCommitNode(RaftNode):
 
 BROKEN["unconfirmed-read"] = UnconfirmedReadNode
 BROKEN["eager-self-commit"] = EagerSelfCommitNode
+
+
+class CommitOldTermNoNoopNode(CommitOldTermNode):
+    """Figure 8 proper: old-term commits and no no-op entry to cover them."""
+
+    def _become_leader(self) -> None:
+        super()._become_leader()
+        # take the no-op back out before anyone saw it
+        self.log.ents.pop()
+        self.msgs = [m for m in self.msgs if not isinstance(m, AppendEntries)]
+        self.term_start = self.log.last_index()
+        for pr in self.progress.values():
+            pr.become_probe()
+            pr.next = self.log.last_index() + 1
+        self._bcast_append(send_if_empty=True)
+
+
+BROKEN["commit-old-term-no-noop"] = CommitOldTermNoNoopNode

@@ -429,12 +429,11 @@ class Simulator:
                 self.leaders_checked.add((n.id, r.term))
                 self.leader_hint = n.id
                 for i in range(r.log.offset + 1, self.max_commit + 1):
-                    if i in self.committed and self.commit_term[i] < r.term:
-                        if r.log.term(i) != self.committed[i]:
-                            self.fail(
-                                f"leader n{n.id} of term {r.term} lacks committed entry "
-                                f"{i} (term {self.committed[i]})"
-                            )
+                    c = self.committed.get(i)
+                    if c is not None and self.commit_term[i] < r.term and r.log.term(i) != c:
+                        self.fail(
+                            f"leader n{n.id} of term {r.term} lacks committed entry {i} (term {c})"
+                        )
         if r.commit_index > n.seen_commit:
             leaders = [x for x in self.leaders() if x is not n]
             for i in range(max(n.seen_commit, r.log.offset) + 1, r.commit_index + 1):
@@ -525,6 +524,9 @@ class Simulator:
         chaos = not self.healed
         if chaos and p.p_crash and rng.random() < p.p_crash:
             cand = self.alive_nodes()
+            ls = self.leaders()
+            if ls and rng.random() < 0.5:  # leaders are where the interesting bugs live
+                cand = ls
             if cand:
                 self.crash(rng.choice(cand))
         if chaos and p.p_partition and rng.random() < p.p_partition:
@@ -557,7 +559,8 @@ class Simulator:
             for i in ids:
                 self.group[i] = self.rng.randint(0, 1)
         elif kind < 0.8:
-            iso = self.rng.choice(ids)
+            ls = [n.id for n in self.leaders()]
+            iso = self.rng.choice(ls if ls and self.rng.random() < 0.7 else ids)
             for i in ids:
                 self.group[i] = 1 if i == iso else 0
         else:
