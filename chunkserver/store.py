@@ -482,7 +482,8 @@ class ChunkStore:
         self, ids: Iterable[str], seconds: float | None
     ) -> tuple[int, list[str]]:
         """Delete chunks, except those written or re-put less than ``seconds`` ago
-        (an upload may be about to commit them). Returns (deleted, kept ids)."""
+        (a writer may be about to commit them: a re-put only refreshes the atime,
+        so both times count). Returns (deleted, kept ids)."""
         cids = [validate_id(i) for i in ids]
         deleted = 0
         kept: list[str] = []

@@ -21,7 +21,9 @@ Safety rules, in one place:
   the chunkservers hold that no file references are first marked (``gc_mark``)
   so they expire only after the upload grace period (an upload not yet
   committed); and the chunkservers keep any copy written or re-put within the
-  upload grace (``unless_newer``), so a writer racing GC keeps its chunk.
+  GC grace (``unless_newer``), so a writer racing GC keeps its chunk. A writer
+  must commit within the GC grace period of its puts and dedup look-ups
+  (``md.locate`` with ``dedup`` offers no unreferenced chunk).
 """
 
 from __future__ import annotations
@@ -480,7 +482,7 @@ class Maintenance:
                 fut = self.rpc.call_async(
                     ep,
                     "cs.delete",
-                    {"ids": ids[i : i + GC_BATCH], "unless_newer": int(self.cfg.upload_grace)},
+                    {"ids": ids[i : i + GC_BATCH], "unless_newer": max(1, int(self.cfg.gc_grace))},
                 )
                 self._on_reply(fut, lambda reply, exc, ep=ep: self._gc_deleted(ep, reply, exc))
         if chunks:

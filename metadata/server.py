@@ -139,12 +139,14 @@ class MetadataNode:
         """Any member answers with its own Raft view (dfs-admin status shows every node)."""
 
         def serve() -> None:
+            st = self.driver.status()
+            st["leader_id"] = st.pop("leader", None)
             call.respond(
                 {
+                    **st,
                     "id": self.id,
                     "endpoint": self.endpoint,
                     "leader": self.driver.leader_endpoint(),
-                    **self.driver.status(),
                 }
             )
 
@@ -247,7 +249,8 @@ class MetadataNode:
                         for cid in f["ids"]
                     }
                 }
-            return {"locations": reg.locate(f["ids"])}
+            # "complete": False while a new leader still rebuilds locations from reports
+            return {"locations": reg.locate(f["ids"]), "complete": reg.reports_complete(now)}
         if op == "place":
             count, rep = min(f["count"], 10_000), f.get("rep") or 3
             chains = placement.place(reg, count, rep, self.rng, exclude=f.get("exclude") or ())

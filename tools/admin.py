@@ -409,6 +409,8 @@ def _wait_decommission(c: Client, r: dict[str, Any], a: argparse.Namespace) -> d
         while r["state"] != "retired" and time.monotonic() < deadline:
             time.sleep(0.5)
             r = _admin(c, "decommission_status", server=r["server"])
+            if r["state"] == "alive":  # a new leader had not learned it yet: ask again
+                r = _admin(c, "decommission", server=r["server"])
             bar.update(task, completed=total - min(total, r["remaining"]))
     return r
 
@@ -476,17 +478,25 @@ def cmd_raft_transfer(a: argparse.Namespace) -> int:
         if a.to:
             args["to"] = int(a.to) if a.to.isdigit() else a.to
         r = _admin(c, "transfer_leader", **args)
-        deadline = time.monotonic() + 10
+        args.setdefault("to", r["to"])
+        deadline = time.monotonic() + 15
+        asked = time.monotonic()
         while time.monotonic() < deadline:
             st = _node_statuses(c)
             lead = {n.get("leader") for n in st if n.get("role") != "down"}
             if lead == {r["endpoint"]}:
                 print(f"leadership moved to node {r['to']} ({r['endpoint']})")
                 return EXIT_OK
+            if time.monotonic() - asked > 3:  # aborted after an election timeout: ask again
+                asked = time.monotonic()
+                try:
+                    _admin(c, "transfer_leader", **args)
+                except DfsError:
+                    pass
             time.sleep(0.2)
     finally:
         c.close()
-    print(f"dfs-admin: node {r['to']} did not take over within 10s", file=sys.stderr)
+    print(f"dfs-admin: node {r['to']} did not take over within 15s", file=sys.stderr)
     return EXIT_FAIL
 
 
