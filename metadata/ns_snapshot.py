@@ -18,11 +18,22 @@ from typing import Any
 import msgpack
 import zstandard
 
-from metadata.inodes import M_MODE, M_REP, S_IFLNK, S_IFMT, S_IFREG, Dir, Inode, meta, small
+from metadata.inodes import (
+    M_MODE,
+    M_REP,
+    S_IFLNK,
+    S_IFMT,
+    S_IFREG,
+    TIME_BASE,
+    Dir,
+    Inode,
+    meta,
+    small,
+)
 from metadata.sessions import Sessions
 
 FORMAT = "dfs-namespace"
-VERSION = 1
+VERSION = 2
 ZSTD_LEVEL = 3
 
 K_DIR, K_INODE, K_LINK = 0, 1, 2  # entry kinds: directory, other inode, extra hard link
@@ -75,66 +86,93 @@ def _dump(ns: Any) -> bytes:
     meta_idx: dict[tuple, int] = {}
     seen_links: set[int] = set()
 
-    stack: list[tuple[Inode, int, str]] = [(ns.root, -1, "")]
-    while stack:
-        node, par, name = stack.pop()
-        idx = len(names)
-        parent.append(par)
-        names.append(name)
-        inos.append(node.ino)
-        m = node.meta
-        t = m[M_MODE] & S_IFMT
-        if t != 0o040000 and m[4] > 1:
-            if node.ino in seen_links:
-                kind.append(K_LINK)
-                for col in (metas, atimes, mtimes, ctimes, versions, sizes, n_ext):
-                    col.append(0)
-                continue
-            seen_links.add(node.ino)
+    pa, na, ia, ma = parent.append, names.append, inos.append, metas.append
+    aa, mta, ca, va = atimes.append, mtimes.append, ctimes.append, versions.append
+    sa, nea, ela, ka = sizes.append, n_ext.append, ext_lens.append, kind.append
+    base = TIME_BASE
+
+    def common(node: Inode, m: tuple) -> None:
         mi = meta_idx.get(m)
         if mi is None:
             mi = meta_idx[m] = len(meta_table)
             meta_table.append(m)
-        metas.append(mi)
-        tm = node.get_times()
-        atimes.append(tm[0])
-        mtimes.append(tm[1])
-        ctimes.append(tm[2])
-        versions.append(node.version)
-        if type(node) is Dir:
-            kind.append(K_DIR)
-            sizes.append(0)
-            n_ext.append(0)
-            ents = node.entries
-            for n in sorted(ents, reverse=True):
-                stack.append((ents[n], idx, n))
-            continue
-        kind.append(K_INODE)
-        sizes.append(node.size)
-        data = node.data
-        if t == S_IFREG:
-            if data is None:
-                n_ext.append(0)
-            elif type(data) is bytes:
-                n_ext.append(1)
-                ext_ids += data
-                ext_lens.append(node.size)
-            else:
-                n_ext.append(len(data) // 2)
-                for i in range(0, len(data), 2):
-                    c = data[i]
-                    if c is None:
-                        ext_ids += _HOLE
-                        ext_lens.append(-data[i + 1])
-                    else:
-                        ext_ids += c
-                        ext_lens.append(data[i + 1])
+        ma(mi)
+        tm = node.times
+        if type(tm) is int:
+            tm += base
+            aa(tm)
+            mta(tm)
+            ca(tm)
         else:
-            n_ext.append(0)
-            if t == S_IFLNK:
-                targets.append(data)
+            aa(tm[0] + base)
+            mta(tm[1] + base)
+            ca(tm[2] + base)
+        va(node.version)
+
+    # Entries in walk order: the root, then each directory's children in name
+    # order; a child always comes after its parent directory's entry.
+    root = ns.root
+    pa(-1)
+    na("")
+    ia(root.ino)
+    common(root, root.meta)
+    ka(K_DIR)
+    sa(0)
+    nea(0)
+    stack: list[tuple[Dir, int]] = [(root, 0)]
+    while stack:
+        d, didx = stack.pop()
+        ents = d.entries
+        for name in sorted(ents):
+            node = ents[name]
+            idx = len(names)
+            pa(didx)
+            na(name)
+            ia(node.ino)
+            m = node.meta
+            if type(node) is Dir:
+                common(node, m)
+                ka(K_DIR)
+                sa(0)
+                nea(0)
+                stack.append((node, idx))
+                continue
+            if m[4] > 1:
+                if node.ino in seen_links:
+                    ka(K_LINK)
+                    for col in (metas, atimes, mtimes, ctimes, versions, sizes, n_ext):
+                        col.append(0)
+                    continue
+                seen_links.add(node.ino)
+            common(node, m)
+            ka(K_INODE)
+            size = node.size
+            sa(size)
+            data = node.data
+            t = m[M_MODE] & S_IFMT
+            if t == S_IFREG:
+                if data is None:
+                    nea(0)
+                elif type(data) is bytes:
+                    nea(1)
+                    ext_ids += data
+                    ela(size)
+                else:
+                    nea(len(data) // 2)
+                    for i in range(0, len(data), 2):
+                        c = data[i]
+                        if c is None:
+                            ext_ids += _HOLE
+                            ela(-data[i + 1])
+                        else:
+                            ext_ids += c
+                            ela(data[i + 1])
             else:
-                rdevs.append(data)
+                nea(0)
+                if t == S_IFLNK:
+                    targets.append(data)
+                else:
+                    rdevs.append(data)
 
     xattrs = [[ino, [[k, xs[k]] for k in sorted(xs)]] for ino, xs in sorted(ns.xattrs.items())]
     garbage = sorted(ns.refs.garbage.items())
