@@ -95,3 +95,77 @@ def test_installed_snapshot_replaces_a_stale_log(tmp_path: Path) -> None:
     st = RaftStorage(tmp_path).load()
     assert st.snapshot is not None and (st.snapshot.index, st.snapshot.term) == (15, 3)
     assert st.entries == []  # entries 16..20 of term 1 were not the leader's
+
+
+def test_one_fsync_per_save(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    s = RaftStorage(tmp_path)
+    s.load()
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    s.save(HardState(1, 1, 0), ents(1, 100), None)  # a Ready with many entries
+    assert len(calls) == 1
+    s.close()
+
+
+def test_installed_snapshot_whose_marker_was_lost(tmp_path: Path) -> None:
+    """Crash after the leader's snapshot file was renamed into place but before
+    its WAL marker was written: the old log's suffix is another history."""
+    s = RaftStorage(tmp_path)
+    s.load()
+    s.save(HardState(1, 1, 0), ents(1, 20, term=1), None)
+    s._write_snapshot(Snapshot(15, 3, (1, 2, 3), b"leader state"))  # ...then the crash
+    s.close()
+    st = RaftStorage(tmp_path).load()
+    assert st.snapshot is not None and (st.snapshot.index, st.snapshot.term) == (15, 3)
+    assert st.entries == []
+
+
+def test_local_snapshot_file_without_marker_keeps_the_log(tmp_path: Path) -> None:
+    s = RaftStorage(tmp_path)
+    s.load()
+    s.save(HardState(1, 1, 12), ents(1, 20, term=1), None)
+    s._write_snapshot(Snapshot(12, 1, (1, 2, 3), b"mine"))
+    s.close()
+    st = RaftStorage(tmp_path).load()
+    assert [e.index for e in st.entries] == list(range(13, 21))
+
+
+def test_damage_in_an_older_segment_is_an_error(tmp_path: Path) -> None:
+    import pytest
+
+    from metadata.raft.storage import StorageCorrupt
+
+    s = RaftStorage(tmp_path, segment_bytes=200)
+    s.load()
+    for i in range(1, 30):
+        s.save(HardState(1, 1, 0), ents(i, i), None)
+    s.close()
+    first = sorted(tmp_path.glob("wal-*.log"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    first.write_bytes(bytes(raw))
+    with pytest.raises(StorageCorrupt):
+        RaftStorage(tmp_path).load()
+
+
+def test_restart_after_compaction_and_more_writes(tmp_path: Path) -> None:
+    s = RaftStorage(tmp_path, segment_bytes=300)
+    s.load()
+    for i in range(1, 41):
+        s.save(HardState(2, 1, i - 1), ents(i, i, term=2), None)
+    s.save(None, [], Snapshot(30, 2, (1, 2, 3), b"s30"))
+    for i in range(41, 61):
+        s.save(HardState(2, 1, i - 1), ents(i, i, term=2), None)
+    s.close()
+    s2 = RaftStorage(tmp_path, segment_bytes=300)
+    st = s2.load()
+    assert st.snapshot is not None and st.snapshot.index == 30
+    assert [e.index for e in st.entries] == list(range(31, 61))
+    assert st.hard_state == HardState(2, 1, 59)
+    s2.save(HardState(3, 0, 59), ents(58, 58, term=3), None)  # truncates 59, 60
+    s2.close()
+    st = RaftStorage(tmp_path).load()
+    assert [(e.index, e.term) for e in st.entries][-3:] == [(56, 2), (57, 2), (58, 3)]

@@ -8,8 +8,11 @@ order with ``PersistentState.apply_save`` semantics: an entry at an index we
 already hold truncates the suffix from there, so a conflicting suffix never
 needs rewriting.
 
-On open, a torn or corrupt tail (a crash mid-write) is detected by its length
-or checksum and cut off; everything before it survives. Snapshots are written
+On open, a torn or corrupt tail (a crash mid-write) of the last segment is
+detected by its length or checksum and cut off; everything before it
+survives. A bad record in an older segment is not a torn write (segments are
+fsync'd before the next one starts) but damage: opening fails with
+StorageCorrupt rather than silently dropping acknowledged records. Snapshots are written
 to a temp file, fsync'd, renamed and the directory fsync'd; segments wholly
 covered by the newest snapshot are deleted.
 """
@@ -50,6 +53,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class StorageCorrupt(RuntimeError):
+    """The WAL is damaged somewhere other than its tail."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class RaftStorage:
     """WAL segments + snapshot files under one directory."""
 
@@ -75,15 +88,25 @@ class RaftStorage:
         if snap is not None:
             state.apply_snapshot(snap)
         paths = sorted(self.root.glob("wal-*.log"))
+        # the last term the WAL gives the snapshot's index: if a snapshot file from
+        # the leader made it to disk but its WAL marker did not, the log after it
+        # belongs to another history and must go
+        self._snap_index = snap.index if snap is not None else -1
+        self._term_at_snap: int | None = None
         for i, path in enumerate(paths):
             seg = _Segment(path, int(path.stem.split("-")[1]))
-            ok = self._replay(seg, state)
             self.segments.append(seg)
-            if not ok:  # corruption: nothing after it can be trusted
-                for later in paths[i + 1 :]:
-                    log.warning("dropping WAL segment %s after a corrupt record", later.name)
-                    later.unlink()
+            if not self._replay(seg, state, last=i == len(paths) - 1):
                 break
+        if snap is not None and self._term_at_snap not in (None, snap.term):
+            log.warning(
+                "snapshot %d/%d was installed but its WAL marker is missing: "
+                "dropping the %d log entries that followed the old history",
+                snap.index,
+                snap.term,
+                len(state.entries),
+            )
+            state.entries = []
         if snap is not None and state.snapshot is not None and state.snapshot.index == snap.index:
             state.snapshot = snap  # the marker carried no data: take it from the file
         elif (
@@ -97,26 +120,34 @@ class RaftStorage:
         self._open_tail()
         return state.copy()
 
-    def _replay(self, seg: _Segment, state: PersistentState) -> bool:
+    def _replay(self, seg: _Segment, state: PersistentState, last: bool = True) -> bool:
         data = seg.path.read_bytes()
         off = 0
         while off < len(data):
             if off + _REC.size > len(data):
-                return self._cut(seg, off, len(data), "torn record header")
+                return self._cut(seg, off, len(data), "torn record header", last)
             n, check = _REC.unpack_from(data, off)
             body = data[off + _REC.size : off + _REC.size + n]
             if len(body) < n:
-                return self._cut(seg, off, len(data), "torn record")
+                return self._cut(seg, off, len(data), "torn record", last)
             if xxhash.xxh3_64_intdigest(body) != check:
-                return self._cut(seg, off, len(data), "checksum mismatch")
+                return self._cut(seg, off, len(data), "checksum mismatch", last)
             try:
-                self._apply_record(msgpack.unpackb(body, raw=False), state, seg)
+                rec = msgpack.unpackb(body, raw=False)
+                self._apply_record(rec, state, seg)
             except Exception as exc:
-                return self._cut(seg, off, len(data), f"bad record ({exc})")
+                return self._cut(seg, off, len(data), f"bad record ({exc})", last)
+            if rec[0] in (_ENT, _SNAPMARK) and rec[1] == self._snap_index:
+                self._term_at_snap = rec[2]
             off += _REC.size + n
         return True
 
-    def _cut(self, seg: _Segment, off: int, size: int, why: str) -> bool:
+    def _cut(self, seg: _Segment, off: int, size: int, why: str, last: bool = True) -> bool:
+        if not last:
+            raise StorageCorrupt(
+                f"WAL {seg.path.name}: {why} at offset {off} in a segment that is not the "
+                "last one: the log is damaged, not torn; refusing to drop what follows"
+            )
         log.warning(
             "WAL %s: %s at offset %d: cutting %d bytes", seg.path.name, why, off, size - off
         )
@@ -205,7 +236,7 @@ class RaftStorage:
         if records:
             buf = b"".join(records)
             assert self._fd is not None
-            os.write(self._fd, buf)
+            _write_all(self._fd, buf)
             if sync:
                 os.fdatasync(self._fd)
             self._size += len(buf)
@@ -252,13 +283,17 @@ class RaftStorage:
                 path.unlink()
         # a hard state record may live in any segment: keep the newest segment always,
         # and rewrite the current hard state into the tail before dropping older ones
-        old = [s for s in self.segments[:-1] if s.last <= snap_index]
+        old = []
+        for seg in self.segments[:-1]:  # a prefix only: replay order must stay intact
+            if seg.last > snap_index:
+                break
+            old.append(seg)
         if not old:
             return
         hs = self.state.hard_state
         rec = self._record([_HS, hs.term, hs.vote, hs.commit])
         assert self._fd is not None
-        os.write(self._fd, rec)
+        _write_all(self._fd, rec)
         os.fdatasync(self._fd)
         self._size += len(rec)
         for seg in old:
@@ -277,6 +312,7 @@ class RaftStorage:
     def _roll(self) -> None:
         """Start a new segment; the current hard state is repeated in it."""
         if self._fd is not None:
+            os.fdatasync(self._fd)  # unsynced records (a commit index) must not tear mid-log
             os.close(self._fd)
         seq = self.segments[-1].seq + 1
         seg = _Segment(self.root / f"wal-{seq:08d}.log", seq)
@@ -285,7 +321,7 @@ class RaftStorage:
         self._size = 0
         hs = self.state.hard_state
         rec = self._record([_HS, hs.term, hs.vote, hs.commit])
-        os.write(self._fd, rec)
+        _write_all(self._fd, rec)
         self._size += len(rec)
         _fsync_dir(self.root)
 
