@@ -43,7 +43,7 @@ def state_dir() -> Path:
 
 
 def _tag(mountpoint: str) -> str:
-    mp = os.path.realpath(mountpoint)
+    mp = os.path.abspath(mountpoint)  # never realpath: that would stat a hung mount
     name = Path(mp).name or "root"
     return f"mount-{name}-{hashlib.sha1(mp.encode()).hexdigest()[:8]}"
 
@@ -70,7 +70,7 @@ def _unescape(field: str) -> str:
 
 def find_mount(mountpoint: str) -> dict[str, Any] | None:
     """This mountpoint's entry of /proc/self/mountinfo, without touching the mount."""
-    mp = os.path.realpath(mountpoint) if os.path.isabs(mountpoint) else os.path.abspath(mountpoint)
+    mp = os.path.abspath(mountpoint)  # no realpath/stat: the mount may hang
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -82,7 +82,7 @@ def find_mount(mountpoint: str) -> dict[str, Any] | None:
         r = right.split()
         if len(f) < 5 or not r:
             continue
-        if _unescape(f[4]) == mp or _unescape(f[4]) == os.path.abspath(mountpoint):
+        if _unescape(f[4]) == mp:
             major, minor = f[2].split(":")
             found = {
                 "dev": (int(major), int(minor)),
@@ -232,8 +232,9 @@ def serve(
     from dfs.client import Client
     from dfs.fuse.ops import DfsFUSE, DfsOperations, set_metadata_deadline
 
-    set_metadata_deadline(META_DEADLINE)
-    client = Client(config, timeout=10.0, workers=8)
+    deadline = float(os.environ.get("DFS_FUSE_TIMEOUT") or META_DEADLINE)
+    set_metadata_deadline(deadline)
+    client = Client(config, timeout=min(10.0, deadline), workers=8)
     ops = DfsOperations(client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout)
     pf = pid_file(mountpoint)
     pf.write_text(f"{os.getpid()}\n")
@@ -317,9 +318,7 @@ def unmount(mp: str, timeout: float = 20.0) -> bool:
     if m is None:
         return True
     try:
-        r = subprocess.run(
-            ["fusermount3", "-u", mp], capture_output=True, timeout=timeout, check=False
-        )
+        r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, timeout=5, check=False)
         clean = r.returncode == 0
     except (subprocess.TimeoutExpired, FileNotFoundError):
         clean = False
@@ -348,7 +347,12 @@ def unmount(mp: str, timeout: float = 20.0) -> bool:
 
 def abort_connection(minor: int) -> None:
     """Fail every pending and future request of this FUSE connection (a hung daemon)."""
-    p = Path(f"/sys/fs/fuse/connections/{minor}/abort")
+    conns = Path("/sys/fs/fuse/connections")
+    p = conns / str(minor) / "abort"
+    if not p.exists() and conns.is_dir():  # the fusectl file system is not mounted yet
+        subprocess.run(
+            ["mount", "-t", "fusectl", "none", str(conns)], capture_output=True, check=False
+        )
     try:
         p.write_text("1")
     except OSError as exc:
