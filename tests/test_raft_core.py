@@ -147,14 +147,14 @@ def test_batching_respects_max_bytes_and_pipelining_max_inflight() -> None:
     c = Cluster((1, 2, 3), cfg)
     ld = c.elect(1)
     c.tick(times=2)
-    for i in range(100):
+    for _ in range(100):
         ld.propose(bytes(50))
     c.sent.clear()
     c.process(1)
     appends = [m for m in c.sent if isinstance(m, AppendEntries) and m.to == 2]
     assert len(appends) == 3  # pipelined up to max_inflight, then paused
     for m in appends:
-        assert 1 < len(m.entries) and sum(e.size() for e in m.entries) <= 200
+        assert len(m.entries) > 1 and sum(e.size() for e in m.entries) <= 200
     assert appends[1].prev_index == appends[0].entries[-1].index  # optimistic next
     c.deliver()
     c.tick(times=2)
@@ -193,34 +193,36 @@ def test_conflicting_follower_log_backs_off_by_term_not_by_entry() -> None:
     assert b"lost0" not in c.data_applied(1) and b"kept29" in c.data_applied(1)
 
 
-def test_commit_rule_counts_only_entries_of_the_current_term() -> None:
+@pytest.mark.parametrize(("cls", "expect_commit"), [(RaftNode, False), (CommitOldTermNode, True)])
+def test_commit_rule_counts_only_entries_of_the_current_term(
+    cls: type[RaftNode], expect_commit: bool
+) -> None:
     """Raft paper figure 8: an old-term entry on a majority is not committed by
     counting replicas; the broken core does commit it."""
-    for cls, expect_commit in ((RaftNode, False), (CommitOldTermNode, True)):
-        cfg = RaftConfig(peers=(1, 2, 3), max_append_bytes=1)  # one entry per message
-        c = Cluster((1, 2, 3), cfg, node_cls=cls)
-        ld = c.elect(1)
-        c.tick(times=2)
-        c.isolate(1)
-        idx, old_term = ld.propose(b"old-term")  # reaches no one
-        c.process(1)
-        c.crash(2)
-        c.tick([1, 3], times=2 * cfg.election_ticks)  # 1 steps down, 3's lease runs out
-        c.heal()
-        ld.campaign()  # re-elected by 3 in a newer term; appends its no-op after idx
+    cfg = RaftConfig(peers=(1, 2, 3), max_append_bytes=1)  # one entry per message
+    c = Cluster((1, 2, 3), cfg, node_cls=cls)
+    ld = c.elect(1)
+    c.tick(times=2)
+    c.isolate(1)
+    idx, old_term = ld.propose(b"old-term")  # reaches no one
+    c.process(1)
+    c.crash(2)
+    c.tick([1, 3], times=2 * cfg.election_ticks)  # 1 steps down, 3's lease runs out
+    c.heal()
+    ld.campaign()  # re-elected by 3 in a newer term; appends its no-op after idx
 
-        def hold_back_noop(m: object) -> bool:
-            return not (
-                isinstance(m, AppendEntries)
-                and any(e.term > old_term for e in m.entries)
-                and m.to in c.nodes
-                and c.nodes[m.to].last_index >= idx
-            )
+    def hold_back_noop(m: object) -> bool:
+        return not (
+            isinstance(m, AppendEntries)
+            and any(e.term > old_term for e in m.entries)
+            and m.to in c.nodes
+            and c.nodes[m.to].last_index >= idx
+        )
 
-        c.deliver(only=hold_back_noop)
-        assert ld.role == Role.LEADER and ld.term > old_term
-        assert c.nodes[3].log.term(idx) == old_term  # on a majority now: 1 and 3
-        assert (ld.commit_index >= idx) == expect_commit, cls.__name__
+    c.deliver(only=hold_back_noop)
+    assert ld.role == Role.LEADER and ld.term > old_term
+    assert c.nodes[3].log.term(idx) == old_term  # on a majority now: 1 and 3
+    assert (ld.commit_index >= idx) == expect_commit
 
 
 # ---------------------------------------------------------------- snapshots
