@@ -300,14 +300,9 @@ class DfsOperations(Operations):
             args["gid"] = gid
         if not args:
             return 0
+        # the kernel clears setuid/setgid itself (ATTR_KILL_SUID/SGID become a mode
+        # change sent with this chown), so no extra round trip for it here
         self._forget(path)
-        a = self.ns("getattr", path=path)["attrs"]
-        if a["type"] != "dir" and a["mode"] & (stat.S_ISUID | stat.S_ISGID):
-            # chown clears setuid, and setgid when group-executable (else it marks locking)
-            mode = a["mode"] & 0o7777 & ~stat.S_ISUID
-            if mode & stat.S_IXGRP:
-                mode &= ~stat.S_ISGID
-            args["mode"] = mode
         self.ns("setattr", True, path=path, **args)
         return 0
 
