@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -49,6 +49,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfs.metadata.maintenance")
 
 GC_BATCH = 10_000  # chunks expired per gc_expire proposal
+FAST_TICK = 0.1  # seconds between budget refills / dispatches
+PLAN_PER_SERVER = 64  # copies per server a round may queue (dispatch keeps per_server busy)
+
+
+@dataclass
+class _Job:
+    """A planned copy waiting for free slots on its servers."""
+
+    chunk: str
+    source: str
+    targets: list[str]
+    then: Callable[[int | None], None] | None = None
+    budget: _Budget | None = None
+    kind: str = "repair"
 
 
 @dataclass
@@ -57,7 +71,7 @@ class MaintenanceConfig:
     gc_grace: float = 600.0  # seconds a chunk stays unreferenced before deletion
     upload_grace: float = 3600.0  # for chunks no file references yet: uploads in progress
     per_server: int = 4  # concurrent copies per chunkserver
-    max_copies: int = 200  # copies planned per round
+    max_copies: int = 1000  # copies planned (queued) per round
     bandwidth: float = 0.0  # bytes/s per server for repair copies (0: unlimited)
     copy_timeout: float = 60.0
 
@@ -129,8 +143,10 @@ class Maintenance:
         self.cfg = config or MaintenanceConfig()
         self.busy: Counter[str] = Counter()  # copies in flight per server
         self.inflight: set[str] = set()  # chunks with a copy in flight
+        self.queue: deque[_Job] = deque()  # planned copies, dispatched as slots free
         self.progress = Progress()
         self._next = 0.0
+        self._next_fast = 0.0
         self._gc_pending = False
         self._mark_pending = False
         self._verifying: set[tuple[str, str]] = set()
@@ -151,12 +167,15 @@ class Maintenance:
         return [(c.hex(), refs.rep_needed(c)) for c in refs.iter_referenced()]
 
     def tick(self, now: float) -> None:
+        if now >= self._next_fast:  # budgets refill: queued copies may go
+            self._next_fast = now + FAST_TICK
+            for b in (self.budget, self.rebalance_budget):
+                if b is not None:
+                    b.refill(now)
+            self._dispatch()
         if now < self._next:
             return
         self._next = now + self.cfg.interval
-        for b in (self.budget, self.rebalance_budget):
-            if b is not None:
-                b.refill(now)
         self._push_states()
         reg = self.node.registry
         if not reg.reports_complete(now):
@@ -173,29 +192,45 @@ class Maintenance:
 
     # ------------------------------------------------------------ repair
 
-    def _saturated(self, budget: _Budget | None) -> Counter[str]:
-        """Servers that may take no new copy: ``busy`` plus those over their budget."""
-        busy = Counter(self.busy)
-        for b in (self.budget, budget):
-            if b is not None:
-                for ep in b.over():
-                    busy[ep] = max(busy[ep], self.cfg.per_server)
-        return busy
+    def _over_budget(self, ep: str, budget: _Budget | None) -> bool:
+        return any(b is not None and b.level.get(ep, 0) < 0 for b in (self.budget, budget))
 
     def _repair(self, wanted: list[tuple[str, int]]) -> None:
+        """Re-plan every round (drops stale jobs), most endangered first; the queue is
+        worked off as copies finish, within per-server concurrency and bandwidth."""
         reg = self.node.registry
         todo = [(c, r) for c, r in wanted if c not in self.inflight]
         plan = repair.plan_repairs(
-            reg,
-            todo,
-            repair.Limits(self.cfg.per_server, self.cfg.max_copies),
-            busy=self._saturated(None),
+            reg, todo, repair.Limits(PLAN_PER_SERVER, self.cfg.max_copies), busy=self.busy
         )
         self.progress.missing = len(plan.missing)
         if plan.missing:
             log.warning("%d chunks have no live copy", len(plan.missing))
-        for copy in plan:
-            self.copy(copy.chunk, copy.source, list(copy.targets))
+        moves = [j for j in self.queue if j.kind != "repair"]
+        self.queue = deque(_Job(cp.chunk, cp.source, list(cp.targets)) for cp in plan)
+        self.queue.extend(moves)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start queued copies whose servers have a free slot and budget."""
+        if not self.queue:
+            return
+        limit = self.cfg.per_server
+        full = {ep for ep, n in self.busy.items() if n >= limit}
+        keep: deque[_Job] = deque()
+        while self.queue:
+            job = self.queue.popleft()
+            eps = (job.source, *job.targets)
+            if job.chunk in self.inflight:
+                if job.kind != "repair":  # a move waits; a repair is re-planned if still needed
+                    keep.append(job)
+                continue
+            if any(ep in full or self._over_budget(ep, job.budget) for ep in eps):
+                keep.append(job)
+                continue
+            self.copy(job.chunk, job.source, job.targets, job.then, job.budget)
+            full |= {ep for ep in eps if self.busy[ep] >= limit}
+        self.queue = keep
 
     def copy(
         self,
@@ -241,6 +276,7 @@ class Maintenance:
                     self.node.registry.mark_corrupt(chunk, source)
             if then is not None:
                 then(size if ok else None)
+            self._dispatch()
 
         self._on_reply(fut, done)
 
@@ -298,6 +334,7 @@ class Maintenance:
                 log.info("chunkserver %s is drained: retired", s.endpoint)
                 reg.set_state(s.endpoint, RETIRED)
                 self.pending_states[s.endpoint] = RETIRED
+                self._push_states()
 
     def set_admin_state(self, endpoint: str, state: str) -> None:
         """decommission / retire / recommission a server (pushed to it, so the state
@@ -305,6 +342,7 @@ class Maintenance:
         reg = self.node.registry
         reg.set_state(endpoint, ALIVE if state == "active" else state)
         self.pending_states[endpoint] = state
+        self._push_states()
 
     def _push_states(self) -> None:
         for ep, state in list(self.pending_states.items()):
@@ -352,34 +390,38 @@ class Maintenance:
         return max(over, under)
 
     def _rebalance(self, wanted: list[tuple[str, int]]) -> None:
+        """Plan a batch of moves once the previous batch is finished (the planner
+        models the use of every server as it goes, so a batch may be large)."""
         rb = self.rebalance
         assert rb is not None
-        reg = self.node.registry
         rb.excess = self.excess(rb.threshold)
+        if rb.inflight:
+            return
         moves = repair.plan_rebalance(
-            reg,
+            self.node.registry,
             [(c, r) for c, r in wanted if c not in self.inflight],
             rb.threshold,
-            repair.Limits(self.cfg.per_server, self.cfg.max_copies),
+            repair.Limits(PLAN_PER_SERVER, self.cfg.max_copies),
             sizes=self.sizes,
-            busy=self._saturated(self.rebalance_budget),
+            busy=self.busy,
         )
         rb.planned_last = len(moves)
         if not moves:
-            if rb.inflight == 0:
-                rb.idle_rounds += 1
-                # stats lag the moves by a heartbeat: finish after two quiet rounds
-                if rb.idle_rounds >= 2:
-                    rb.done, rb.finished = True, time.time()
-                    log.info("rebalance done: %d moves, %d bytes", rb.moves_done, rb.bytes_moved)
+            rb.idle_rounds += 1
+            # stats lag the moves by a heartbeat: finish after two quiet rounds
+            if rb.idle_rounds >= 2:
+                rb.done, rb.finished = True, time.time()
+                log.info("rebalance done: %d moves, %d bytes", rb.moves_done, rb.bytes_moved)
             return
         rb.idle_rounds = 0
         rep_of = dict(wanted)
         for mv in moves:
             self._move(mv, rep_of.get(mv.chunk, 3), rb)
+        self._dispatch()
 
     def _move(self, mv: repair.Move, rep: int, rb: Rebalance) -> None:
-        """Copy to the target, then remove the source copy if R others remain."""
+        """Queue a copy to the target; once it is there, remove the source copy if R
+        other live copies remain."""
         rb.inflight += 1
 
         def then(size: int | None) -> None:
@@ -394,7 +436,9 @@ class Maintenance:
             rb.moves_done += 1
             rb.bytes_moved += size
 
-        self.copy(mv.chunk, mv.source, [mv.target], then=then, budget=self.rebalance_budget)
+        self.queue.append(
+            _Job(mv.chunk, mv.source, [mv.target], then, self.rebalance_budget, kind="move")
+        )
 
     def _account_move(self, src: str, dst: str, size: int) -> None:
         """Adjust the used bytes the registry holds until the next heartbeats, so the

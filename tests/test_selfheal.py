@@ -234,12 +234,13 @@ def test_decommission_while_reading(tmp_path: Path) -> None:
             next(s for s in st["chunkservers"] if s["endpoint"] == leaving.endpoint)["state"]
             == "retired"
         )
+        # it remembers being retired across restarts and leader changes (kept on its disk)
+        state = c.dir / leaving.name / "admin_state"
+        wait_for(lambda: state.read_text().strip() == "retired", 10, "state pushed")
         # nothing needs it any more: stop it and everything still reads, fully replicated
         leaving.kill()
         check_files(cl, files)
         assert admin(c, "fsck").returncode == 0
-        # it remembers being retired across a restart (state kept on its disk)
-        assert (c.dir / leaving.name / "admin_state").read_text().strip() == "retired"
 
 
 # ---------------------------------------------------------------- corruption
