@@ -71,6 +71,8 @@ class Params:
     p_transfer: float
     compact_every: int
     disk_max_latency: int
+    early_send: bool  # leader sends before its own fsync (metadata.raft.driver does)
+    lazy_commit: bool  # a Ready that only moves the commit index is not fsync'd
     chaos_ticks: int
     liveness_ticks: int
 
@@ -100,6 +102,8 @@ class Params:
             p_transfer=rng.choice((0.0, 0.005, 0.02)),
             compact_every=rng.choice((0, 5, 20, 60)),
             disk_max_latency=rng.choice((0, 2, 6)),
+            early_send=rng.random() < 0.5,
+            lazy_commit=rng.random() < 0.5,
             chaos_ticks=rng.randint(250, 500),
             liveness_ticks=40 * et,
         )
@@ -122,9 +126,25 @@ class SimStorage:
 
     def __init__(self) -> None:
         self.durable = PersistentState()
+        self.synced_hs = self.durable.hard_state  # last hard state covered by an fsync
 
-    def save(self, rd: Ready) -> None:
+    def save(self, rd: Ready, lazy_commit: bool = False) -> None:
+        old = self.durable.hard_state
         self.durable.apply_save(rd.hard_state, rd.entries, rd.snapshot)
+        hs = rd.hard_state
+        commit_only = (
+            not rd.entries
+            and rd.snapshot is None
+            and hs is not None
+            and (hs.term, hs.vote) == (old.term, old.vote)
+        )
+        if not (lazy_commit and commit_only):
+            self.synced_hs = self.durable.hard_state
+
+    def lose_unsynced(self, rng: random.Random) -> None:
+        """A crash: a commit index written without fsync may be lost."""
+        if self.durable.hard_state != self.synced_hs and rng.random() < 0.5:
+            self.durable.hard_state = self.synced_hs
 
     def save_prefix(self, rd: Ready, n: int) -> None:
         """A crash mid-write: only the first n records reached the disk."""
@@ -141,6 +161,8 @@ class SimStorage:
                 self.durable.hard_state = r
             else:
                 self.durable.append_entry(r)
+        if n:
+            self.synced_hs = self.durable.hard_state
 
     def n_records(self, rd: Ready) -> int:
         return (rd.snapshot is not None) + (rd.hard_state is not None) + len(rd.entries)
@@ -157,6 +179,7 @@ class SimNode:
         self.shutdown = False  # removed from the cluster and stopped for good
         self.incarnation = 0
         self.writing: tuple[Ready, int] | None = None  # Ready being persisted, done at step
+        self.sent_early = False
         self.restart_at = -1
         self.seen_commit = 0
         self.peers: tuple[int, ...] = ()
@@ -317,6 +340,10 @@ class Simulator:
         while n.alive and n.writing is None and n.raft.has_ready():
             rd = n.raft.ready()
             self._check_ready(n, rd)
+            n.sent_early = False
+            if self.p.early_send and self._may_send_early(n, rd):
+                self._send_all(rd)
+                n.sent_early = True
             lat = 0
             if self.p.disk_max_latency and rd.must_sync() and self.rng.random() < 0.6:
                 lat = self.rng.randint(1, self.p.disk_max_latency)
@@ -327,16 +354,29 @@ class Simulator:
         if n.alive:
             self._observe(n)
 
-    def _complete(self, n: SimNode, rd: Ready) -> None:
-        n.writing = None
-        n.storage.save(rd)
-        self._check_durable(n)
+    def _may_send_early(self, n: SimNode, rd: Ready) -> bool:
+        """metadata.raft.driver's rule: a leader whose term and vote are already
+        on disk may send before its own fsync (Raft thesis 10.2.1)."""
+        if n.raft.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        d = n.storage.durable.hard_state
+        hs = rd.hard_state
+        return hs is None or (hs.term, hs.vote) == (d.term, d.vote)
+
+    def _send_all(self, rd: Ready) -> None:
         for m in rd.messages:
             if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
                 prev = self.votes_granted.setdefault((m.frm, m.term), m.to)
                 if prev != m.to:
                     self.fail(f"n{m.frm} voted for n{prev} and n{m.to} in term {m.term}")
             self.send(m)
+
+    def _complete(self, n: SimNode, rd: Ready) -> None:
+        n.writing = None
+        n.storage.save(rd, self.p.lazy_commit)
+        self._check_durable(n)
+        if not n.sent_early:
+            self._send_all(rd)
         if rd.soft_state is not None:
             self.trace(
                 f"n{n.id} soft {rd.soft_state.role.name} leader={rd.soft_state.leader_id}"
@@ -367,11 +407,14 @@ class Simulator:
         if n.writing is not None:
             rd = n.writing[0]
             k = self.rng.randint(0, n.storage.n_records(rd))
+            if k == 0:  # records after an unsynced one survive only if it did
+                n.storage.lose_unsynced(self.rng)
             n.storage.save_prefix(rd, k)
             self.trace(f"n{n.id} CRASH (kept {k}/{n.storage.n_records(rd)} unsynced records)")
             self._check_durable(n)
         else:
             self.trace(f"n{n.id} CRASH")
+            n.storage.lose_unsynced(self.rng)
         n.alive = False
         n.raft = None
         n.writing = None
