@@ -169,3 +169,67 @@ def test_restart_after_compaction_and_more_writes(tmp_path: Path) -> None:
     s2.close()
     st = RaftStorage(tmp_path).load()
     assert [(e.index, e.term) for e in st.entries][-3:] == [(56, 2), (57, 2), (58, 3)]
+
+
+def test_core_runs_on_disk_storage_through_snapshots_and_restarts(tmp_path: Path) -> None:
+    """The core driven with RaftStorage: compaction, a snapshot installed on a
+    lagging follower, a full-cluster restart from disk."""
+    from metadata.raft.core import RaftConfig
+    from tests.raftsim.cluster import Cluster
+
+    class DiskCluster(Cluster):
+        def __init__(self) -> None:
+            self.stores: dict[int, RaftStorage] = {}
+            super().__init__((1, 2, 3), RaftConfig(peers=(1, 2, 3), snapshot_chunk_bytes=64))
+
+        def add(self, node_id: int, cfg: RaftConfig | None = None):  # type: ignore[override]
+            store = RaftStorage(tmp_path / f"n{node_id}", segment_bytes=2048)
+            self.stores[node_id] = store
+            self.disks[node_id] = store.load()
+            return super().add(node_id, cfg)
+
+        def crash(self, node_id: int) -> None:
+            super().crash(node_id)
+            self.stores.pop(node_id).close()
+
+        def _persist(self, node_id: int, rd) -> None:  # type: ignore[override]
+            self.stores[node_id].save(rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot)
+
+    c = DiskCluster()
+    ld = c.elect(1)
+    for i in range(40):
+        ld.propose(b"a%d" % i)
+    c.deliver()
+    c.tick(times=2)
+    ld.compact(ld.applied, b"state@%d" % ld.applied)
+    c.isolate(3)
+    for i in range(40):
+        ld.propose(b"b%d" % i)
+    c.deliver()
+    c.tick([1, 2], times=2)
+    snap_index = ld.applied
+    ld.compact(snap_index, b"state@%d" % snap_index)
+    c.process(1)
+    c.heal()
+    c.tick(times=10)
+    assert c.snapshots[3] == b"state@%d" % snap_index  # installed from the leader
+    assert c.nodes[3].applied == ld.applied
+    for i in (1, 2, 3):
+        c.crash(i)
+    for i in (1, 2, 3):
+        n = c.restart(i)
+        if i != 2:  # 1 compacted, 3 installed the leader's snapshot; 2 never compacted
+            assert n.log.snapshot is not None and n.log.snapshot.index == snap_index
+        assert n.log.last_index() >= snap_index
+    for _ in range(100):
+        c.tick()
+        if c.leader() is not None:
+            break
+    new = c.leader()
+    assert new is not None
+    new.propose(b"after restart")
+    c.deliver()
+    c.tick(times=3)
+    for i in (1, 2, 3):
+        assert c.data_applied(i)[-1] == b"after restart"
+        assert c.nodes[i].applied == new.applied
