@@ -49,14 +49,15 @@ class RaftLog:
         """Entries [lo, hi]; with max_bytes, at least one and no more than fit."""
         if lo > hi:
             return []
-        out = self.ents[lo - self.offset - 1 : hi - self.offset]
-        if max_bytes is not None and len(out) > 1:
+        start, end = lo - self.offset - 1, hi - self.offset
+        if max_bytes is not None:
             total = 0
-            for n, e in enumerate(out):
-                total += e.size()
-                if total > max_bytes and n > 0:
-                    return out[:n]
-        return out
+            for k in range(start, end):  # no copy of a long tail just to cut it
+                total += self.ents[k].size()
+                if total > max_bytes and k > start:
+                    end = k
+                    break
+        return self.ents[start:end]
 
     def unstable(self) -> list[Entry]:
         return self.ents[self.stable - self.offset :] if self.stable >= self.offset else self.ents
