@@ -50,7 +50,7 @@ log = logging.getLogger("dfs.metadata.maintenance")
 
 GC_BATCH = 10_000  # chunks expired per gc_expire proposal
 FAST_TICK = 0.1  # seconds between budget refills / dispatches
-PLAN_PER_SERVER = 64  # copies per server a round may queue (dispatch keeps per_server busy)
+PLAN_PER_SERVER = 512  # copies per server a round may queue (dispatch keeps per_server busy)
 
 
 @dataclass
@@ -277,6 +277,8 @@ class Maintenance:
             if then is not None:
                 then(size if ok else None)
             self._dispatch()
+            if not self.queue:  # the batch is done: plan the next one soon, not in a round
+                self._next = min(self._next, time.monotonic() + FAST_TICK)
 
         self._on_reply(fut, done)
 
