@@ -576,7 +576,7 @@ class Simulator:
             self._partition()
         if self.partition_until >= 0 and self.step_no >= self.partition_until:
             self._heal_network()
-        if rng.random() < p.p_propose and len(self.pending_writes) < 30:
+        if chaos and rng.random() < p.p_propose and len(self.pending_writes) < 30:
             self._client_write()
         if rng.random() < p.p_read:
             self._client_read()
@@ -709,6 +709,16 @@ class Simulator:
                 self._start(n)
         self.trace("HEAL: liveness phase starts")
 
+    def liveness_budget(self) -> int:
+        """Ticks allowed from heal to a committed fresh write: elections take
+        ``liveness_ticks``; a backlog of uncommitted entries ahead of the write
+        may cost a round trip (plus disk) each when appends carry one entry."""
+        p = self.p
+        last = max((n.raft.last_index for n in self.alive_nodes()), default=0)
+        backlog = max(0, last - self.max_commit)
+        per_entry = (2 * p.max_delay + 2 * p.disk_max_latency) // p.steps_per_tick + 1
+        return p.liveness_ticks + backlog * per_entry
+
     def _liveness_marker(self) -> None:
         ls = self.leaders()
         if (
@@ -763,12 +773,13 @@ class Simulator:
             while self.step_no < chaos_steps:
                 self.step()
             self.heal()
-            end = self.step_no + p.liveness_ticks * p.steps_per_tick
+            budget = self.liveness_budget()
+            end = self.step_no + budget * p.steps_per_tick
             heal_step = self.step_no
             while not self.live_ok:
                 if self.step_no >= end:
                     self.fail(
-                        f"liveness: no write committed within {p.liveness_ticks} ticks "
+                        f"liveness: no write committed within {budget} ticks "
                         "after the network healed and all nodes restarted"
                     )
                 self.step()
