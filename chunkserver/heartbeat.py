@@ -84,8 +84,9 @@ class Heartbeat:
     ) -> None:
         self.server = server
         cfg = resolve(cluster, key_file)
-        self.rpc = RpcClient(security=cfg.security(), timeout=5.0)
-        self.meta = Metadata(self.rpc, cfg.metadata, timeout=5.0)
+        # short timeouts: after a leader dies, find the new one (and re-register) quickly
+        self.rpc = RpcClient(security=cfg.security(), timeout=1.0)
+        self.meta = Metadata(self.rpc, cfg.metadata, timeout=1.0)
         self.labels = labels or {}
         self.interval = interval
         self.node = f"{socket.gethostname()}:{server.endpoint.rsplit(':', 1)[-1]}"

@@ -39,6 +39,7 @@ UPLOAD_WINDOW_BYTES = 64 << 20  # chunk bytes in flight on upload
 BATCH_CHUNKS = 16  # chunks per locate/place round trip
 READ_AHEAD = 6  # chunks fetched ahead on sequential reads
 META_DEADLINE = 30.0  # seconds a metadata call keeps retrying across leader changes
+LOCATE_WAIT = 20.0  # seconds a read waits for a new leader to relearn chunk locations
 _MISSING = object()
 
 
@@ -389,7 +390,8 @@ class Client:
         if replicas is None:
             replicas = self.locate([cid]).get(cid, [])
         tried: list[str] = []
-        for attempt in range(2):
+        deadline = time.monotonic() + LOCATE_WAIT
+        while True:
             for ep in replicas:
                 if ep in tried:
                     continue
@@ -409,8 +411,14 @@ class Client:
                 self.stats.chunks_fetched += 1
                 self.stats.bytes_fetched += len(data)
                 return data
-            if attempt == 0:  # locations may be stale: ask again once
-                replicas = self.locate([cid]).get(cid, [])
+            # locations may be stale, or a new leader may still be collecting them
+            # from the chunkservers' reports: ask again (waiting only in that case)
+            r = self.meta.call("md.locate", {"ids": [cid]})
+            replicas = [ep for ep in r["locations"].get(cid, []) if ep not in tried]
+            if not replicas and (r.get("complete", True) or time.monotonic() > deadline):
+                break
+            if not replicas:
+                time.sleep(0.2)
         raise DfsError(
             errors.UNAVAILABLE,
             f"chunk {cid[:16]}...: no replica could serve it (tried {len(tried)})",
