@@ -27,6 +27,7 @@ log = logging.getLogger("dfs.metadata.admin")
 FSCK_LIMIT = 1000  # unhealthy files listed by default
 PLAN_LIMIT = 10_000  # moves a dry-run rebalance prints at most
 SIZES_TTL = 1.0  # seconds the chunk-size table of status is reused
+STATUS_WALK_FILES = 200_000  # above this, status skips the per-chunk size walk (it blocks)
 
 
 def walk_files(ns: Any, path: str = "/") -> Iterator[tuple[str, Inode]]:
@@ -69,7 +70,8 @@ class AdminOps:
         applied, now = self.node.driver.raft.applied, time.monotonic()
         at, when = self._sizes_at
         if applied != at and now - when > SIZES_TTL:
-            self._sizes = chunk_sizes(self.node.ns)
+            big = self.node.ns.n_files > STATUS_WALK_FILES
+            self._sizes = {} if big else chunk_sizes(self.node.ns)
             self._sizes_at = (applied, now)
         return self._sizes
 
@@ -79,7 +81,10 @@ class AdminOps:
         fn = getattr(self, "do_" + action.replace("-", "_"), None)
         if fn is None or not action.replace("-", "_").isidentifier():
             raise DfsError(errors.UNKNOWN_OP, f"unknown admin action {action!r}")
-        return fn(args)
+        try:
+            return fn(args)
+        except (TypeError, ValueError) as exc:
+            raise DfsError("EINVAL", f"admin {action}: bad arguments ({exc})") from None
 
     # ------------------------------------------------------------ status
 

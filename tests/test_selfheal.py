@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import dfs
 from dfs.client import Client
 from dfs.errors import DfsError
@@ -367,6 +369,16 @@ def test_admin_status_and_errors(tmp_path: Path) -> None:
         assert cl.stat("/s1")["rep"] == 2
         assert admin(c, "--help").returncode == 0
         assert admin(c, "fsck", "/nope").returncode == 2
+        for action, args, code in (
+            ("rebalance", {"threshold": "lots"}, "EINVAL"),
+            ("rebalance", {"threshold": -3}, "EINVAL"),
+            ("no_such_thing", {}, "ENOSYS"),
+            ("__init__", {}, "ENOSYS"),
+            ("decommission", {"server": 7}, "EINVAL"),
+        ):
+            with pytest.raises(DfsError) as e:
+                cl.meta.call("md.admin", {"action": action, "args": args})
+            assert e.value.code == code, (action, e.value)
         # leadership moves on request
         old = st["leader"]
         r = admin(c, "raft", "transfer-leader")
