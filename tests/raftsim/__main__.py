@@ -14,7 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.raftsim", description=__doc__)
     ap.add_argument("seed", type=int)
     ap.add_argument("--count", type=int, default=1, help="run SEED..SEED+COUNT-1")
-    ap.add_argument("--verbose", "-v", action="store_true", help="print the event trace")
+    ap.add_argument(
+        "--verbose",
+        "-v",
+        action="count",
+        default=0,
+        help="print the event trace (-vv: every delivered message too)",
+    )
     ap.add_argument(
         "--broken",
         choices=sorted(BROKEN_NAMES),

@@ -190,7 +190,7 @@ class Simulator:
         self,
         seed: int,
         node_cls: Callable[..., RaftNode] = RaftNode,
-        verbose: bool = False,
+        verbose: int = 0,
         log: Callable[[str], None] = print,
         **overrides: Any,
     ) -> None:
@@ -753,6 +753,8 @@ class Simulator:
             n = self.nodes.get(m.to)
             if n is None or not n.alive or not self.can_deliver(m):
                 continue
+            if self.verbose > 1:
+                self.trace(f"  {m.frm}->{m.to} {m}")
             n.raft.step(m)
             self.process(n)
         for n in list(self.nodes.values()):
@@ -793,6 +795,6 @@ class Simulator:
 
 
 def run_seed(
-    seed: int, node_cls: Callable[..., RaftNode] = RaftNode, verbose: bool = False, **overrides: Any
+    seed: int, node_cls: Callable[..., RaftNode] = RaftNode, verbose: int = 0, **overrides: Any
 ) -> SimResult:
     return Simulator(seed, node_cls=node_cls, verbose=verbose, **overrides).run()
