@@ -431,6 +431,16 @@ def test_restart_recovers_term_vote_and_log() -> None:
     assert c.data_applied(2) == [b"v%d" % i for i in range(5)]
 
 
+def test_restart_with_a_persistent_state_machine_does_not_reapply() -> None:
+    from metadata.raft.messages import HardState, PersistentState
+
+    log = [Entry(i, 1, EntryType.NORMAL, b"e%d" % i) for i in range(1, 11)]
+    st = PersistentState(HardState(1, 1, 4), None, log)  # the commit record lagged
+    n = RaftNode(1, RaftConfig(peers=(1, 2, 3)), st, random.Random(1), applied=8)
+    assert n.applied == 8 and n.commit_index == 8
+    assert n.ready().committed_entries == []
+
+
 def test_every_message_survives_the_wire() -> None:
     ents = [Entry(3, 2, EntryType.NORMAL, b"\x00\xff"), Entry(4, 2, EntryType.NOOP)]
     msgs = [

@@ -154,7 +154,10 @@ class RaftNode:
         hs = st.hard_state
         self.term = hs.term
         self.vote = hs.vote
-        self.log.commit = max(self.log.offset, min(hs.commit, self.log.last_index()))
+        # A commit index on disk may lag (it need not be fsync'd); entries the
+        # application already applied were committed, so they count too.
+        known = max(hs.commit, applied)
+        self.log.commit = max(self.log.offset, min(known, self.log.last_index()))
         self.applied = min(max(applied, self.log.offset), self.log.commit)
         self._apply_handed = self.applied
         self.prev_hs = hs
