@@ -461,5 +461,17 @@ def test_every_message_survives_the_wire() -> None:
     for m in msgs:
         wire = msgpack.unpackb(msgpack.packb(m.to_wire(), use_bin_type=True), raw=False)
         assert message_from_wire(wire) == m
-    with pytest.raises(ValueError):
-        message_from_wire({"type": "append", "frm": 1})
+    bad = [
+        {"type": "append", "frm": 1},
+        {"type": "nope"},
+        "not a dict",
+        {**AppendEntries(1, 2, 3).to_wire(), "entries": [[1, 1, 0, 10**12]]},  # no huge alloc
+        {**AppendEntries(1, 2, 3).to_wire(), "entries": [[1, 1, 9, b""]]},
+        {**AppendEntries(1, 2, 3).to_wire(), "term": "3"},
+        {**AppendEntries(1, 2, 3).to_wire(), "commit": -1},
+        {**VoteRequest(1, 2, 3).to_wire(), "pre_vote": 1},
+        {**InstallSnapshot(1, 2, 3).to_wire(), "voters": 5},
+    ]
+    for w in bad:
+        with pytest.raises(ValueError):
+            message_from_wire(w)  # type: ignore[arg-type]

@@ -50,7 +50,21 @@ class Entry:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Entry:
-        return cls(int(w[0]), int(w[1]), EntryType(w[2]), bytes(w[3]))
+        if not isinstance(w, (list, tuple)) or len(w) != 4:
+            raise ValueError("an entry is [index, term, type, data]")
+        return cls(_int(w[0]), _int(w[1]), EntryType(w[2]), _bytes(w[3]))
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"expected a non-negative int, got {type(v).__name__}")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise ValueError(f"expected bytes, got {type(v).__name__}")
+    return bytes(v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +214,19 @@ def message_from_wire(w: dict[str, Any]) -> Message:
         kw: dict[str, Any] = {}
         for f in fields(cls):
             v = w[f.name]
+            if f.name in ("entries", "voters") and not isinstance(v, (list, tuple)):
+                raise ValueError(f"{f.name} must be a list")
             if f.name == "entries":
                 v = [Entry.from_wire(e) for e in v]
             elif f.name == "voters":
-                v = tuple(int(x) for x in v)
-            elif f.type in ("int",):
-                v = int(v)
-            elif f.type in ("bool",):
-                v = bool(v)
-            elif f.type in ("bytes",):
-                v = bytes(v)
+                v = tuple(_int(x) for x in v)
+            elif f.type == "int":
+                v = _int(v)
+            elif f.type == "bool":
+                if not isinstance(v, bool):
+                    raise ValueError(f"{f.name} must be a bool")
+            elif f.type == "bytes":
+                v = _bytes(v)
             kw[f.name] = v
         return cls(**kw)
     except (KeyError, TypeError, IndexError) as e:
