@@ -300,6 +300,49 @@ class RpcServer:
             log.warning("%s: reply dropped: %s", self.name, exc)
 
 
+# ---------------------------------------------------------------- one-way sender
+
+
+class Sender:
+    """One-way messages (Raft) sent by one thread, an event loop, straight onto the
+    wire: no I/O thread, no futures. Not thread-safe: use it from its loop only."""
+
+    def __init__(self, security: Security | None = None, context: zmq.Context | None = None):
+        self.ctx = context or zmq.Context.instance()
+        self.security = security
+        self._socks: dict[str, zmq.Socket] = {}
+
+    def send(self, endpoint: str, op: str, fields: dict[str, Any]) -> bool:
+        """Queue a message for ``endpoint``; False when its queue is full (peer down)."""
+        sock = self._socks.get(endpoint)
+        if sock is None:
+            sock = self._socks[endpoint] = _dealer(self.ctx, endpoint, self.security)
+        try:
+            sock.send_multipart(wire.encode_request(0, op, fields), flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            sock.close(linger=0)
+        self._socks.clear()
+
+
+def _dealer(ctx: zmq.Context, endpoint: str, security: Security | None) -> zmq.Socket:
+    """A DEALER socket connected to ``endpoint`` with our standard options."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 10_000)
+    sock.setsockopt(zmq.RCVHWM, 10_000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if security is not None:
+        security.apply_client(sock)
+    sock.connect(endpoint)
+    return sock
+
+
 # ---------------------------------------------------------------- client
 
 
@@ -340,6 +383,7 @@ class RpcClient:
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_ep)
         self._socks: dict[str, zmq.Socket] = {}
+        self._direct_socks: list[zmq.Socket] = []  # per-thread sockets of blocking calls
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._io_loop, name="rpc-client-io", daemon=True)
         self._thread.start()
@@ -400,12 +444,59 @@ class RpcClient:
         attempt = 0
         while True:
             try:
-                return self.wait(self.call_async(endpoint, op, fields, frames, timeout))
+                return self._call_direct(endpoint, op, fields, frames, timeout or self.timeout)
             except DfsError as exc:
                 if exc.code not in (errors.TIMEOUT, errors.UNAVAILABLE) or attempt >= retries:
                     raise
             time.sleep(min(1.0, backoff * (2**attempt)))
             attempt += 1
+
+    def _call_direct(
+        self,
+        endpoint: str,
+        op: str,
+        fields: dict[str, Any] | None,
+        frames: Sequence[Frame],
+        timeout: float,
+    ) -> Reply:
+        """A blocking call on this thread's own socket: no hand-off to the I/O thread,
+        which halves the cost of the common one-request-at-a-time case."""
+        if self._closed.is_set():
+            raise DfsError(errors.UNAVAILABLE, "client is closed")
+        req_id = next(self._ids)
+        msg = wire.encode_request(req_id, op, fields, frames)
+        socks = getattr(self._local, "direct", None)
+        if socks is None:
+            socks = self._local.direct = {}
+        sock = socks.get(endpoint)
+        if sock is None:
+            sock = socks[endpoint] = self._new_dealer(endpoint)
+        for i, frame in enumerate(msg):
+            more = zmq.SNDMORE if i < len(msg) - 1 else 0
+            sock.send(frame, more, copy=len(frame) < ZERO_COPY_MIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                # drop the socket: whatever it still queues for a dead peer goes with it
+                del socks[endpoint]
+                sock.close(linger=0)
+                raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}")
+            parts = sock.recv_multipart(copy=False)
+            try:
+                reply = wire.decode_reply([parts[0].bytes] + [f.buffer for f in parts[1:]])
+            except DfsError as exc:
+                log.warning("dropped an undecodable reply: %s", exc.message)
+                continue
+            if reply.id == req_id:
+                return reply.raise_for_error()
+            # a late reply to an earlier call that timed out: ignore it
+
+    def _new_dealer(self, endpoint: str) -> zmq.Socket:
+        sock = _dealer(self.ctx, endpoint, self.security)
+        with self._lock:
+            self._direct_socks.append(sock)
+        return sock
 
     @staticmethod
     def wait(future: Future) -> Reply:
@@ -421,6 +512,10 @@ class RpcClient:
         self._closed.set()
         self._poke()
         self._thread.join(timeout=5)
+        with self._lock:
+            for sock in self._direct_socks:
+                sock.close(linger=0)
+            self._direct_socks.clear()
 
     def __enter__(self) -> RpcClient:
         return self
@@ -445,15 +540,7 @@ class RpcClient:
     def _socket_for(self, endpoint: str, poller: zmq.Poller) -> zmq.Socket:
         sock = self._socks.get(endpoint)
         if sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 10_000)
-            sock.setsockopt(zmq.RCVHWM, 10_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if self.security is not None:
-                self.security.apply_client(sock)
-            sock.connect(endpoint)
+            sock = _dealer(self.ctx, endpoint, self.security)
             poller.register(sock, zmq.POLLIN)
             self._socks[endpoint] = sock
         return sock

@@ -49,7 +49,7 @@ class KV:
 def serve(node_id: int, data: Path, listen: str, peers: dict[int, str]) -> tuple[Any, Any]:
     server = rpc.RpcServer(listen, name="raftkv")
     kv = KV()
-    driver = RaftDriver(node_id, peers, data, server, rpc.RpcClient(timeout=2.0), kv)
+    driver = RaftDriver(node_id, peers, data, server, kv)
 
     def reply_to(call: rpc.Call):
         def done(result: Any) -> None:

@@ -37,6 +37,7 @@ from .storage import RaftStorage
 log = logging.getLogger("dfs.raft")
 
 Done = Callable[[Any], None]  # receives a result, or a DfsError
+READ_ROUND_PATIENCE = 0.2  # seconds before another ReadIndex round may overlap a slow one
 
 
 class StateMachine(Protocol):
@@ -68,7 +69,6 @@ class RaftDriver:
         peers: dict[int, str],
         data_dir: Path,
         server: rpc.RpcServer,
-        peer_rpc: rpc.RpcClient,
         sm: StateMachine,
         *,
         tick: float = 0.03,
@@ -78,7 +78,7 @@ class RaftDriver:
         self.id = node_id
         self.peers = dict(peers)
         self.sm = sm
-        self.peer_rpc = peer_rpc
+        self.sender = rpc.Sender(server.security, server.ctx)  # used on the loop only
         self.tick_interval = tick
         self.snapshot_every = snapshot_every
         self.storage = RaftStorage(data_dir)
@@ -97,6 +97,7 @@ class RaftDriver:
         self.reads: dict[bytes, list[tuple[Callable[[], Any], Done]]] = {}
         self._read_batch: list[tuple[Callable[[], Any], Done]] = []
         self._read_ctx = 0
+        self._read_started = 0.0
         self.tick_hooks: list[Callable[[float], None]] = []
         self.role_hooks: list[Callable[[Role], None]] = []
         server.route("raft.msg", self._on_raft_msg)
@@ -155,6 +156,8 @@ class RaftDriver:
         return self
 
     def stop(self) -> None:
+        """After the server's loop has stopped."""
+        self.sender.close()
         self.storage.close()
 
     # ------------------------------------------------------------ on the loop
@@ -186,9 +189,15 @@ class RaftDriver:
         self.waiting[index] = _Waiting(term, done)
 
     def _start_reads(self) -> None:
-        """One ReadIndex round serves every read that arrived in this pass."""
+        """One ReadIndex round serves every read that arrived meanwhile: while a round
+        is in flight, new reads wait for the next one, so under load the cost of a
+        round (a heartbeat to every follower) is shared by many reads."""
         if not self._read_batch:
             return
+        now = time.monotonic()
+        if self.reads and now - self._read_started < READ_ROUND_PATIENCE:
+            return
+        self._read_started = now
         self._read_ctx += 1
         ctx = self._read_ctx.to_bytes(8, "big")
         self.reads[ctx], self._read_batch = self._read_batch, []
@@ -249,7 +258,7 @@ class RaftDriver:
         for peer, msgs in by_peer.items():
             ep = self.peers.get(peer)
             if ep is not None:  # one-way: Raft has its own acknowledgements and retries
-                self.peer_rpc.send(ep, "raft.msg", {"from": self.id, "msgs": msgs})
+                self.sender.send(ep, "raft.msg", {"from": self.id, "msgs": msgs})
 
     def _apply(self, entry: Any) -> None:
         waiting = self.waiting.pop(entry.index, None)
