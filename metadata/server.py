@@ -100,7 +100,6 @@ class MetadataNode:
             self.peers,
             data_dir / "raft",
             self.rpc,
-            self.peer_rpc,
             self.machine,
             tick=tick,
             election_ticks=ELECTION_TICKS,
