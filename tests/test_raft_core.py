@@ -351,6 +351,18 @@ def test_leadership_transfer() -> None:
     assert ld.role == Role.FOLLOWER
 
 
+def test_repeated_transfer_resends_a_lost_timeout_now() -> None:
+    c = Cluster((1, 2, 3))
+    ld = c.elect(1)
+    c.tick(times=2)
+    ld.transfer_leadership(2)
+    c.deliver(only=lambda m: not isinstance(m, TimeoutNow))  # lost
+    assert ld.role == Role.LEADER
+    ld.transfer_leadership(2)
+    c.deliver()
+    assert c.nodes[2].role == Role.LEADER
+
+
 def test_transfer_aborts_if_target_is_unreachable() -> None:
     c = Cluster((1, 2, 3))
     ld = c.elect(1)

@@ -270,12 +270,13 @@ class RaftNode:
         election timeout."""
         if self.role != Role.LEADER:
             raise NotLeader(self.leader_id or None)
-        if to == self.id or to == self.lead_transferee:
+        if to == self.id:
             return
         if to not in self.progress:
             raise ValueError(f"node {to} is not a voter")
-        self.lead_transferee = to
-        self.election_elapsed = 0
+        if to != self.lead_transferee:  # a repeated call only nudges (a lost TimeoutNow)
+            self.lead_transferee = to
+            self.election_elapsed = 0
         pr = self.progress[to]
         if pr.match == self.log.last_index():
             self._send(TimeoutNow(self.id, to, self.term))
