@@ -43,9 +43,11 @@ def split_buffer(
     buf: bytes | bytearray | memoryview, params: ChunkParams = DEFAULT
 ) -> Iterator[memoryview]:
     """Cut a whole buffer; each piece is a view into ``buf`` (no copy)."""
-    view = memoryview(buf)
-    for c in params.cutter().cut_buf(view):
-        yield view[c.offset : c.offset + c.length]
+    with memoryview(buf) as view:
+        cuts = [(c.offset, c.offset + c.length) for c in params.cutter().cut_buf(view)]
+    whole = memoryview(buf)
+    for start, end in cuts:
+        yield whole[start:end]
 
 
 class Chunker:

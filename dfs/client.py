@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
+import stat
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dfs import errors, paths
-from dfs.chunking import DEFAULT, Chunker, ChunkParams, split_stream
+from dfs.chunking import DEFAULT, Chunker, ChunkParams, split_buffer, split_stream
 from dfs.config import ClusterConfig, resolve
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
@@ -229,7 +231,7 @@ class Client:
     # ------------------------------------------------------------ whole files
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> dict[str, Any]:
-        return self.upload(io.BytesIO(data), path, mode=mode)
+        return self.upload(data, path, mode=mode)
 
     def read_bytes(self, path: str) -> bytes:
         out = io.BytesIO()
@@ -240,8 +242,19 @@ class Client:
         self, local: str | os.PathLike[str], remote: str, progress: Progress | None = None
     ) -> dict[str, Any]:
         with open(local, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode & 0o7777
-            return self.upload(f, remote, mode=mode, progress=progress)
+            st = os.fstat(f.fileno())
+            mode = st.st_mode & 0o7777
+            if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                return self.upload(f, remote, mode=mode, progress=progress)
+            # a regular file is cut in place: chunks are views of the mapping, no copies
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                return self.upload(mm, remote, mode=mode, progress=progress)
+            finally:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # a view is still referenced: the mapping goes with the last one
 
     def get(
         self, remote: str, local: str | os.PathLike[str], progress: Progress | None = None
@@ -268,18 +281,23 @@ class Client:
 
     def upload(
         self,
-        stream: BinaryIO,
+        source: BinaryIO | bytes | bytearray | memoryview | mmap.mmap,
         path: str,
         *,
         mode: int = 0o644,
         progress: Progress | None = None,
         expect_version: int | None = None,
     ) -> dict[str, Any]:
-        """Chunk, dedup, upload and commit ``stream`` as ``path``; returns the new attrs."""
+        """Chunk, dedup, upload and commit ``source`` (a stream, or a buffer cut in
+        place) as ``path``; returns the new attrs."""
         path = paths.normalize(path)
         rep = self._rep_for(path)
         uploader = Uploader(self, rep, progress)
-        for chunk in split_stream(stream, self.chunking):
+        if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
+            chunks: Iterable[bytes | memoryview] = split_buffer(source, self.chunking)
+        else:
+            chunks = split_stream(source, self.chunking)
+        for chunk in chunks:
             uploader.add(chunk)
         extents = uploader.finish()
         return self.commit(
@@ -435,10 +453,10 @@ class Uploader:
         self.extents: list[list[Any]] = []
         self.stored: dict[str, list[str]] = {}  # chunk -> servers that acknowledged it
         self._batch: list[tuple[Future, bytes]] = []
-        self._inflight: deque[tuple[Future, int]] = deque()
+        self._inflight: deque[tuple[Future, str, bytes, list[str]]] = deque()
         self._inflight_bytes = 0
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes | memoryview) -> None:
         self._batch.append((self.client._pool.submit(_sha256_hex, chunk), chunk))
         if len(self._batch) >= BATCH_CHUNKS:
             self._flush_batch()
@@ -466,25 +484,41 @@ class Uploader:
             return
         chains = self.client.place(len(missing), self.rep)
         for (cid, data), chain in zip(missing, chains):
-            fut = self.client._pool.submit(self._put, cid, data, chain)
-            self._inflight.append((fut, len(data)))
+            # asynchronous: many chunks in flight on one connection, no thread each
+            fut = self.client.rpc.call_async(
+                chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
+            )
+            self._inflight.append((fut, cid, data, chain))
             self._inflight_bytes += len(data)
             while self._inflight_bytes > UPLOAD_WINDOW_BYTES:
                 self._wait_one()
 
     def _wait_one(self) -> None:
-        fut, n = self._inflight.popleft()
-        self._inflight_bytes -= n
-        cid, servers = fut.result()  # raises: the upload fails before anything is committed
+        fut, cid, data, chain = self._inflight.popleft()
+        self._inflight_bytes -= len(data)
+        try:
+            servers = RpcClient.wait(fut).fields["stored"]
+            self.client.stats.chunks_sent += 1
+            self.client.stats.bytes_sent += len(data)
+        except DfsError as exc:
+            if exc.code == errors.HASH_MISMATCH:
+                raise
+            # raises when no retry works: the upload fails before anything is committed
+            servers = self._put(cid, data, failed=list(chain), last=exc)
         self.stored[cid] = servers
         if self.progress:
-            self.progress(n)
+            self.progress(len(data))
 
-    def _put(self, cid: str, data: bytes, chain: list[str]) -> tuple[str, list[str]]:
-        """Chained put; on failure, a new placement that avoids the servers that failed."""
-        failed: list[str] = []
-        last: DfsError | None = None
-        for _ in range(4):
+    def _put(self, cid: str, data: bytes, failed: list[str], last: DfsError) -> list[str]:
+        """Retry a chained put on a new placement that avoids the servers that failed."""
+        chain: list[str] = []
+        for attempt in range(4):
+            try:
+                chain = self.client.place(1, self.rep, exclude=failed)[0]
+            except (DfsError, IndexError):
+                failed.clear()  # too few servers left to avoid them all: retry any
+                time.sleep(0.2 * (attempt + 1))
+                chain = self.client.place(1, self.rep)[0]
             if not chain:
                 break
             try:
@@ -493,18 +527,12 @@ class Uploader:
                 )
                 self.client.stats.chunks_sent += 1
                 self.client.stats.bytes_sent += len(data)
-                return cid, reply.fields["stored"]
+                return reply.fields["stored"]
             except DfsError as exc:
                 if exc.code == errors.HASH_MISMATCH:
                     raise
                 last = exc
                 failed.extend(chain)  # we cannot tell which link failed: avoid them all
-                try:
-                    chain = self.client.place(1, self.rep, exclude=failed)[0]
-                except (DfsError, IndexError):
-                    failed.clear()  # too few servers left to avoid them all: retry any
-                    time.sleep(0.2)
-                    chain = self.client.place(1, self.rep)[0]
         raise DfsError(
             errors.UNAVAILABLE,
             f"could not store chunk {cid[:16]}...: {last.message if last else 'no chunkservers'}",
