@@ -66,19 +66,22 @@ class Metadata:
         self.timeout = timeout
         self._leader: str | None = None
         self._client_id = uuid.uuid4().hex
-        self._local = threading.local()
+        self._by_thread: dict[int, tuple[str, list[int]]] = {}
         self._sessions = 0
         self._lock = threading.Lock()
 
     def _session(self) -> tuple[str, list[int]]:
         """One exactly-once session per thread, so each has strictly increasing seqs."""
-        s = getattr(self._local, "session", None)
+        # keyed by thread id, not threading.local: FUSE's C threads get a fresh
+        # threading.local on every callback (a new session per call otherwise)
+        ident = threading.get_ident()
+        s = self._by_thread.get(ident)
         if s is None:
             with self._lock:
                 self._sessions += 1
                 n = self._sessions
             s = (f"{self._client_id}-{n}", [0])
-            self._local.session = s
+            self._by_thread[ident] = s
         return s
 
     def call(

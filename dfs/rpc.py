@@ -361,6 +361,22 @@ class _Outgoing:
     pending: _Pending | None = field(repr=False)  # None for one-way messages
 
 
+class _ThreadSlots:
+    """Per-OS-thread state, keyed by thread id. Not threading.local: a foreign C
+    thread calling in through ctypes (FUSE's workers) gets a fresh Python thread
+    state, so a fresh threading.local, on every callback: a socket leaked per call."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, dict[str, Any]] = {}
+
+    def get(self) -> dict[str, Any]:
+        ident = threading.get_ident()
+        slot = self._slots.get(ident)
+        if slot is None:
+            slot = self._slots[ident] = {}
+        return slot
+
+
 class RpcClient:
     """Thread-safe client: any thread calls, one I/O thread talks to the servers."""
 
@@ -378,7 +394,7 @@ class RpcClient:
         self._outbox: deque[_Outgoing] = deque()
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._local = _ThreadSlots()
         self._wake_ep = f"inproc://rpc-client-wake-{os.getpid()}-{next(_inproc_ids)}"
         self._wake = self.ctx.socket(zmq.PULL)
         self._wake.bind(self._wake_ep)
@@ -465,9 +481,7 @@ class RpcClient:
             raise DfsError(errors.UNAVAILABLE, "client is closed")
         req_id = next(self._ids)
         msg = wire.encode_request(req_id, op, fields, frames)
-        socks = getattr(self._local, "direct", None)
-        if socks is None:
-            socks = self._local.direct = {}
+        socks = self._local.get().setdefault("direct", {})
         sock = socks.get(endpoint)
         if sock is None:
             sock = socks[endpoint] = self._new_dealer(endpoint)
@@ -526,12 +540,15 @@ class RpcClient:
     # ------------------------------------------------------------ I/O thread
 
     def _poke(self) -> None:
-        push = getattr(self._local, "push", None)
+        slot = self._local.get()
+        push = slot.get("push")
         if push is None:
             push = self.ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
             push.connect(self._wake_ep)
-            self._local.push = push
+            slot["push"] = push
+            with self._lock:
+                self._direct_socks.append(push)
         try:
             push.send(b"", zmq.NOBLOCK)
         except zmq.Again:
