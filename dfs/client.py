@@ -294,8 +294,7 @@ class Client:
         """Chunk, dedup, upload and commit ``source`` (a stream, or a buffer cut in
         place) as ``path``; returns the new attrs."""
         path = paths.normalize(path)
-        rep = self._rep_for(path)
-        uploader = Uploader(self, rep, progress)
+        uploader = Uploader(self, None, progress, path=path)
         if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
             chunks: Iterable[bytes | memoryview] = split_buffer(source, self.chunking)
         else:
@@ -332,16 +331,6 @@ class Client:
         r = self.meta.call("md.commit", {"args": args, "stored": stored or {}}, mutate=True)
         return r["attrs"]
 
-    def _rep_for(self, path: str) -> int:
-        """The replication a new file at ``path`` will get: its own, else its directory's."""
-        for p in (path, paths.split(path)[0]):
-            try:
-                return int(self.stat(p)["rep"])
-            except DfsError as exc:
-                if exc.code not in ("ENOENT", "ENOTDIR"):
-                    raise
-        return 3
-
     def locate(self, ids: list[str], dedup: bool = False) -> dict[str, list[str]]:
         """Readable copies of chunks. ``dedup``: for a writer deciding what to skip;
         chunks no file references are not offered (GC may be deleting them)."""
@@ -367,7 +356,7 @@ class Client:
     def download(self, path: str, out: BinaryIO, progress: Progress | None = None) -> int:
         info = self.meta.ns("file_chunks", path=paths.normalize(path))
         total = 0
-        for data in self.iter_extents(info["extents"]):
+        for data in self.iter_extents(info["extents"], locations=info.get("locations")):
             out.write(data)
             total += len(data)
             if progress:
@@ -375,13 +364,18 @@ class Client:
         return total
 
     def iter_extents(
-        self, extents: list[list[Any]], ahead: int = READ_AHEAD
+        self,
+        extents: list[list[Any]],
+        ahead: int = READ_AHEAD,
+        locations: dict[str, list[str]] | None = None,
     ) -> Iterator[bytes | memoryview]:
-        """The content of a file's extents in order, several chunks fetched ahead."""
-        ids = sorted({cid for cid, _ in extents if cid})
-        locations: dict[str, list[str]] = {}
-        for i in range(0, len(ids), 1000):
-            locations.update(self.locate(ids[i : i + 1000]))
+        """The content of a file's extents in order, several chunks fetched ahead.
+        ``locations`` (from ``file_chunks``) saves asking for them again."""
+        if locations is None:
+            ids = sorted({cid for cid, _ in extents if cid})
+            locations = {}
+            for i in range(0, len(ids), 1000):
+                locations.update(self.locate(ids[i : i + 1000]))
         window: deque[tuple[Future | None, int]] = deque()
         it = iter(extents)
         for cid, length in it:
@@ -449,9 +443,18 @@ class Client:
 class Uploader:
     """Hashes chunks on a pool and sends the missing ones, a window in flight."""
 
-    def __init__(self, client: Client, rep: int, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        rep: int | None = None,
+        progress: Progress | None = None,
+        path: str | None = None,
+    ) -> None:
+        """``rep`` copies per chunk, or (None) what the metadata service says a file
+        at ``path`` gets (its own or its directory's replication)."""
         self.client = client
         self.rep = rep
+        self.path = path
         self.progress = progress
         self.extents: list[list[Any]] = []
         self.stored: dict[str, list[str]] = {}  # chunk -> servers that acknowledged it
@@ -477,16 +480,16 @@ class Uploader:
         self._batch = []
         self.extents.extend([cid, len(c)] for cid, c in batch)
         unique = dict(batch)
-        have = self.client.locate(list(unique), dedup=True)
-        missing = [(cid, c) for cid, c in unique.items() if not have.get(cid)]
-        deduped = sum(len(c) for cid, c in batch if have.get(cid))
+        # one round trip: which chunks the cluster has (dedup) and where the rest go
+        fields: dict[str, Any] = {"ids": list(unique), "rep": self.rep, "path": self.path}
+        r = self.client.meta.call("md.place", fields)
+        self.rep = r["rep"]
+        missing = [(cid, unique[cid]) for cid in r["missing"]]
+        deduped = sum(len(c) for cid, c in batch if cid in r["have"])
         self.client.stats.chunks_deduped += len(unique) - len(missing)
         if self.progress and deduped:
             self.progress(deduped)
-        if not missing:
-            return
-        chains = self.client.place(len(missing), self.rep)
-        for (cid, data), chain in zip(missing, chains):
+        for (cid, data), chain in zip(missing, r["chains"]):
             # asynchronous: many chunks in flight on one connection, no thread each
             fut = self.client.rpc.call_async(
                 chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
@@ -645,7 +648,7 @@ class FileWriter(io.RawIOBase):
         self.path = paths.normalize(path)
         self.mode = mode
         self._chunker = Chunker(client.chunking)
-        self._uploader = Uploader(client, client._rep_for(self.path))
+        self._uploader = Uploader(client, path=self.path)
         self.attrs: dict[str, Any] | None = None
 
     def writable(self) -> bool:

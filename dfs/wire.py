@@ -238,8 +238,16 @@ _METADATA_OPS = [
     ),
     Op(
         "md.place",
-        {"count": req(INT), "rep": opt(INT), "exclude": opt(ENDPOINTS)},
-        doc="choose chunkservers for new chunks",
+        {
+            "count": opt(INT),
+            "rep": opt(INT),
+            "exclude": opt(ENDPOINTS),
+            "ids": opt(CHUNK_IDS),
+            "path": opt(STR),
+        },
+        doc="choose chunkservers for new chunks: `count` of them, or for those of `ids` "
+        "the cluster does not have yet (one round trip for dedup and placement); "
+        "`path` gives the replication when `rep` is not set",
     ),
     Op("md.report_bad", {"id": req(CHUNK_ID), "server": req(ENDPOINT)}, doc="a replica is corrupt"),
     Op(

@@ -45,6 +45,7 @@ log = logging.getLogger("dfs.metadata")
 TICK = 0.03  # seconds per Raft tick: heartbeats every tick, elections after 10-20
 ELECTION_TICKS = 10
 SERVER_TIMEOUT = 6.0  # a chunkserver silent this long is dead
+DEFAULT_REP = 3  # replicas of a file whose directory sets none
 SNAPSHOT_EVERY = 20_000  # applied entries between snapshots (log compaction)
 LEADER_OPS = (
     "locate",
@@ -178,8 +179,19 @@ class MetadataNode:
 
     def _query(self, call: rpc.Call) -> Any:
         op, args = call.request.op.removeprefix("md."), call.fields.get("args") or {}
-        self.driver.read(lambda: self.ns.query(op, args), _answer_to(call))
+        if op == "file_chunks":
+            self.driver.read(lambda: self._file_chunks(args), _answer_to(call))
+        else:
+            self.driver.read(lambda: self.ns.query(op, args), _answer_to(call))
         return rpc.DEFERRED
+
+    def _file_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A file's extents plus where its chunks are: a reader needs no second call."""
+        result = self.ns.query("file_chunks", args)
+        if result.get("ok"):
+            ids = list(dict.fromkeys(c for c, _ in result["extents"] if c))
+            result["locations"] = self.registry.locate(ids)
+        return result
 
     def _leader_op(self, call: rpc.Call) -> Any:
         def serve() -> None:
@@ -241,19 +253,11 @@ class MetadataNode:
         reg = self.registry
         if op == "locate":
             if f.get("dedup"):  # a writer must not rely on a copy GC may be deleting
-                refs = self.ns.refs
-                return {
-                    "locations": {
-                        cid: reg.readable(cid) if refs.is_referenced(bytes.fromhex(cid)) else []
-                        for cid in f["ids"]
-                    }
-                }
+                return {"locations": self._dedup_locations(f["ids"])}
             # "complete": False while a new leader still rebuilds locations from reports
             return {"locations": reg.locate(f["ids"]), "complete": reg.reports_complete(now)}
         if op == "place":
-            count, rep = min(f["count"], 10_000), f.get("rep") or 3
-            chains = placement.place(reg, count, rep, self.rng, exclude=f.get("exclude") or ())
-            return {"chains": chains}
+            return self._place(f)
         if op == "report_bad":  # re-checked by the server before the copy is dropped
             self.maintenance.verify_reported(f["id"], f["server"])
             return {}
@@ -279,6 +283,38 @@ class MetadataNode:
         if op == "admin":
             return self.admin.admin(f["action"], f.get("args") or {})
         raise DfsError(errors.UNKNOWN_OP, f"md.{op} is not available yet")
+
+    def _dedup_locations(self, ids: list[str]) -> dict[str, list[str]]:
+        """Copies a writer may rely on instead of uploading: only of chunks some file
+        references (an unreferenced one may be in the middle of being collected)."""
+        refs, reg = self.ns.refs, self.registry
+        return {
+            cid: reg.readable(cid) if refs.is_referenced(bytes.fromhex(cid)) else [] for cid in ids
+        }
+
+    def _rep_of(self, path: str | None) -> int:
+        """Replication for a file written at ``path``: its own, else its directory's."""
+        if path:
+            for p in (path, path.rsplit("/", 1)[0] or "/"):
+                r = self.ns.query("getattr", {"path": p})
+                if r.get("ok"):
+                    return int(r["attrs"]["rep"])
+        return DEFAULT_REP
+
+    def _place(self, f: dict[str, Any]) -> dict[str, Any]:
+        rep = f.get("rep") or self._rep_of(f.get("path"))
+        exclude = f.get("exclude") or ()
+        ids = f.get("ids")
+        if ids is None:
+            count = min(f.get("count") or 1, 10_000)
+            return {
+                "chains": placement.place(self.registry, count, rep, self.rng, exclude),
+                "rep": rep,
+            }
+        have = {cid: eps for cid, eps in self._dedup_locations(ids).items() if eps}
+        missing = [cid for cid in dict.fromkeys(ids) if cid not in have]
+        chains = placement.place(self.registry, len(missing), rep, self.rng, exclude)
+        return {"chains": chains, "missing": missing, "have": have, "rep": rep}
 
     def status(self) -> dict[str, Any]:
         return self.admin.status()
