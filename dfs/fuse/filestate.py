@@ -18,6 +18,7 @@ metadata commit: close() returns only when the data is durable.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import threading
 import time
@@ -29,11 +30,14 @@ from dfs.chunking import split_buffer
 from dfs.client import Client, Uploader
 from dfs.errors import DfsError
 from dfs.fuse.cache import ChunkCache
+from dfs.rpc import RpcClient
 
 log = logging.getLogger("dfs.fuse.file")
 
 SEAL_BYTES = 16 << 20  # dirty bytes of one file that start a background upload
 READAHEAD_CHUNKS = 6  # chunks fetched ahead of a sequential reader
+SMALL_CHUNK = 1 << 20  # a file's only new chunk below this skips dedup and batch placement
+CHAIN_POOL = 64  # placements fetched at once for small files
 
 
 class Pending:
@@ -64,8 +68,62 @@ class Writeback:
         self._inflight = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfs-upload")
 
+        self._chains: dict[int, list[list[str]]] = {}  # rep -> placements not used yet
+        self._chains_mu = threading.Lock()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def _chain(self, rep: int) -> list[str]:
+        """A placement for one small chunk, from a pool refilled CHAIN_POOL at a time."""
+        with self._chains_mu:
+            pool = self._chains.get(rep)
+            if pool:
+                return pool.pop()
+        got = self.client.place(CHAIN_POOL, rep)
+        if not got:
+            raise DfsError(errors.UNAVAILABLE, "no chunkservers to place a chunk on")
+        chain = got.pop()
+        with self._chains_mu:
+            self._chains.setdefault(rep, []).extend(got)
+        return chain
+
+    def put_small(self, p: Pending, rep: int) -> None:
+        """Store one small chunk in the calling thread: no dedup query, a pooled
+        placement, and a put to every replica at once (no chain of hops). Any
+        failure falls back to the regular pipeline, which re-places and retries."""
+        data = p.data
+        assert data is not None
+        try:
+            cid = hashlib.sha256(data).hexdigest()
+            chain = self._chain(rep)
+            rpc = self.client.rpc
+            futs = [
+                rpc.call_async(ep, "cs.put", {"id": cid, "forward": []}, [data], timeout=30)
+                for ep in chain
+            ]
+            stored: list[str] = []
+            failed: DfsError | None = None
+            for f in futs:
+                try:
+                    stored.extend(RpcClient.wait(f).fields.get("stored") or [])
+                except DfsError as exc:
+                    failed = exc
+            if failed is not None:
+                raise failed
+        except DfsError as exc:
+            log.info("small put failed (%s); retrying through the pipeline", exc)
+            with self._chains_mu:
+                self._chains.clear()  # a server may be gone: place afresh
+            self.submit([p], rep)
+            return
+        self.client.stats.chunks_sent += 1
+        self.client.stats.bytes_sent += len(data)
+        p.cid = cid
+        p.servers = stored
+        self.cache.put(cid, data)
+        p.data = None
+        p.done.set()
 
     def submit(self, chunks: list[Pending], rep: int) -> None:
         n = sum(p.length for p in chunks)
@@ -127,6 +185,12 @@ class FileState:
         self.modified = False
         self.mtime_ns: int | None = None
         self._last_read_end = 0
+        # a file created on this mount and not committed yet (lazy create): the
+        # first commit creates it, with these owner/mode bits
+        self.new = False
+        self.exclusive = False
+        # attribute changes made before the next commit, applied with or right after it
+        self.deferred: dict[str, Any] = {}
 
     # ------------------------------------------------------------ extents
 
@@ -229,6 +293,7 @@ class FileState:
                 self.size = end
             self.modified = True
             self.mtime_ns = time.time_ns()
+            self.deferred.pop("mtime", None)
             if self.dirty_bytes >= SEAL_BYTES:
                 self._seal(final=False)
         return len(data)
@@ -296,15 +361,16 @@ class FileState:
         starts, bufs = self._starts, self._bufs
         self._starts, self._bufs = [], []
         self.dirty_bytes = 0
+        small = final and len(starts) == 1
         for k, (a, buf) in enumerate(zip(starts, bufs)):
             at_eof = k == len(starts) - 1 and a + len(buf) >= self.size
-            kept = self._splice(a, buf, holdback=at_eof and not final)
+            kept = self._splice(a, buf, holdback=at_eof and not final, small=small)
             if kept:
                 self._starts.append(a + len(buf) - kept)
                 self._bufs.append(buf[len(buf) - kept :])
                 self.dirty_bytes += kept
 
-    def _splice(self, a: int, data: bytearray, holdback: bool) -> int:
+    def _splice(self, a: int, data: bytearray, holdback: bool, small: bool = False) -> int:
         """Replace bytes [a, a+len(data)) of the extents; returns bytes held back."""
         b = a + len(data)
         if a > self.base:
@@ -336,7 +402,10 @@ class FileState:
             kept = len(cuts.pop())
         new = [Pending(c) for c in cuts]
         self._set_extents(prefix + [[p, p.length] for p in new] + suffix)
-        self.fs.writeback.submit(new, self.rep)
+        if small and len(new) == 1 and new[0].length < SMALL_CHUNK:
+            self.fs.writeback.put_small(new[0], self.rep)  # the commit waits for it anyway
+        else:
+            self.fs.writeback.submit(new, self.rep)
         return kept
 
     # ------------------------------------------------------------ commit
@@ -371,11 +440,26 @@ class FileState:
             stored = {
                 r.cid: r.servers for r, _n in self.ext if isinstance(r, Pending) and r.servers
             }
-            args = {"path": path, "extents": extents, "size": self.size, "create": False}
+            args: dict[str, Any] = {
+                "path": path,
+                "extents": extents,
+                "size": self.size,
+                "create": self.new,
+            }
+            if self.new:  # lazy create: this commit makes the file, in one Raft step
+                a = self.attrs
+                args.update(mode=a["mode"] & 0o7777, uid=a["uid"], gid=a["gid"], expect_version=0)
+            meta = self.fs.client.meta
             try:
-                r = self.fs.client.meta.call(
-                    "md.commit", {"args": args, "stored": stored}, mutate=True
-                )
+                try:
+                    r = meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
+                except DfsError as exc:
+                    if exc.code != "ESTALE" or not self.new:
+                        raise
+                    if self.exclusive:  # made elsewhere since our O_EXCL create
+                        raise DfsError("EEXIST", f"{path}: created elsewhere meanwhile") from None
+                    args["expect_version"] = None  # O_CREAT without O_EXCL: ours wins
+                    r = meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
             except DfsError as exc:
                 if exc.code != "ENOENT":
                     raise
@@ -385,9 +469,23 @@ class FileState:
             attrs = r["attrs"]
             self._set_extents(extents)
             self.version = attrs["version"]
-            self.attrs = attrs
+            was_new, old_ino = self.new, self.ino
+            self.new = False
             self.modified = False
             self.mtime_ns = None
+            deferred, self.deferred = self.deferred, {}
+            if was_new:
+                for k in ("mode", "uid", "gid"):  # the commit set these already
+                    if deferred.get(k) == attrs[k] & (0o7777 if k == "mode" else -1):
+                        deferred.pop(k)
+            if deferred:
+                try:
+                    attrs = meta.ns("setattr", True, path=path, **deferred)["attrs"]
+                except DfsError as exc:
+                    log.warning("setattr after commit of %s: %s", path, exc)
+            self.attrs = attrs
+            if was_new:
+                self.fs.materialized(self, old_ino)
 
     def zero_range(self, off: int, length: int) -> None:
         """fallocate(PUNCH_HOLE / ZERO_RANGE) inside the file: write zeros."""

@@ -8,6 +8,16 @@ else becomes EIO (and a log line), never a crash of the mount.
 Close-to-open: open() always asks the metadata service for the current
 version; when it differs from what the kernel was last told about the inode,
 the kernel's cached attributes and pages for it are dropped first.
+
+Lazy create: create() only records the new file on this mount (attributes are
+answered from that record, readdir here lists it); its first commit, at
+flush/fsync/close, creates it on the cluster in one Raft step together with
+its content, mode and owner (times set before then follow in one setattr).
+So a new file is visible to other mounts from its first close() (or fsync()),
+as close-to-open requires, and only on this mount before that. An O_EXCL
+create that loses a race with another mount fails at close() with EEXIST.
+Until its first commit the file has a provisional inode number; this mount
+keeps reporting it afterwards, so st_ino never changes under a program.
 """
 
 from __future__ import annotations
@@ -123,6 +133,9 @@ class DfsOperations(Operations):
         self._fresh: dict[str, dict[str, Any]] = {}  # attrs a create/mkdir/link just returned
         self._xneg: dict[tuple[str, str], float] = {}  # recent "no such xattr" answers
         self._statfs: tuple[float, dict[str, int]] | None = None
+        self._pending: dict[str, FileState] = {}  # path -> created here, not committed yet
+        self._fake_ino = itertools.count(1 << 56)  # provisional inode numbers
+        self._alias: dict[int, int] = {}  # real ino -> provisional one this mount showed
 
     # ------------------------------------------------------------ helpers
 
@@ -148,7 +161,7 @@ class DfsOperations(Operations):
             size = BLOCK
         return {
             "st_mode": mode,
-            "st_ino": a["ino"],
+            "st_ino": self._alias.get(a["ino"], a["ino"]),
             "st_nlink": a["nlink"],
             "st_uid": a["uid"],
             "st_gid": a["gid"],
@@ -226,6 +239,39 @@ class DfsOperations(Operations):
                     return st
         return None
 
+    def _pending_at(self, path: str) -> FileState | None:
+        return self._pending.get(path) if self._pending else None
+
+    def _materialize(self, path: str, tree: bool = False) -> None:
+        """Commit files created here but not yet on the cluster at ``path`` (and
+        under it): the namespace operation about to run must see them."""
+        if not self._pending:
+            return
+        with self._mu:
+            prefix = path.rstrip("/") + "/"
+            todo = [
+                st
+                for p, st in self._pending.items()
+                if p == path or (tree and (path == "/" or p.startswith(prefix)))
+            ]
+        for st in todo:
+            st.commit(st.path)
+
+    def materialized(self, st: FileState, old_ino: int) -> None:
+        """A lazily created file now exists on the cluster (called by its commit)."""
+        with self._mu:
+            for p, other in list(self._pending.items()):
+                if other is st:
+                    del self._pending[p]
+            if self._states.get(old_ino) is st:
+                del self._states[old_ino]
+            st.ino = st.attrs["ino"]
+            if st.ino not in self._states:
+                self._states[st.ino] = st
+            if len(self._alias) > 1_000_000:
+                self._alias.clear()
+            self._alias[st.ino] = old_ino
+
     def _repath(self, old: str, new: str | None) -> None:
         with self._mu:
             for st in self._states.values():
@@ -271,6 +317,9 @@ class DfsOperations(Operations):
             if st is None or not st.attrs:
                 raise FuseOSError(errno.ENOENT)
             return self._stat(st.attrs)
+        pend = self._pending_at(path)
+        if pend is not None:
+            return self._stat(pend.attrs)
         a = self._fresh.pop(path, None)
         if a is None:
             got = self._dirs.get(path)
@@ -285,6 +334,12 @@ class DfsOperations(Operations):
     def chmod(self, path: str | None, mode: int) -> int:
         if path is None:
             raise FuseOSError(errno.ENOENT)
+        pend = self._pending_at(path)
+        if pend is not None:
+            with pend.mu:
+                if pend.new:  # folded into the creating commit
+                    pend.attrs = {**pend.attrs, "mode": stat.S_IFREG | (mode & 0o7777)}
+                    return 0
         self._forget(path)
         self.ns("setattr", True, path=path, mode=mode & 0o7777)
         return 0
@@ -300,6 +355,12 @@ class DfsOperations(Operations):
             args["gid"] = gid
         if not args:
             return 0
+        pend = self._pending_at(path)
+        if pend is not None:
+            with pend.mu:
+                if pend.new:  # folded into the creating commit
+                    pend.attrs = {**pend.attrs, **args}
+                    return 0
         # the kernel clears setuid/setgid itself (ATTR_KILL_SUID/SGID become a mode
         # change sent with this chown), so no extra round trip for it here
         self._forget(path)
@@ -317,9 +378,18 @@ class DfsOperations(Operations):
             at, mt = (
                 "now" if t == UTIME_NOW else None if t == UTIME_OMIT else int(t) for t in times
             )
-        st = self._state_for_path(path)
-        if st is not None and st.modified:
-            st.commit(path)  # the commit would set mtime again after this call
+        st = self._pending_at(path) or self._state_for_path(path)
+        if st is not None:
+            with st.mu:
+                if st.modified:  # the commit would set mtime again: apply them after it
+                    now = time.time_ns()
+                    if at is not None:
+                        st.deferred["atime"] = at
+                        st.attrs = {**st.attrs, "atime": now if at == "now" else at}
+                    if mt is not None:
+                        st.deferred["mtime"] = mt
+                        st.mtime_ns = now if mt == "now" else mt
+                    return 0
         self._forget(path)
         self.ns("setattr", True, path=path, atime=at, mtime=mt)
         return 0
@@ -349,15 +419,24 @@ class DfsOperations(Operations):
     @_op
     def readdir(self, path: str, fh: int) -> list[Any]:
         out: list[Any] = [".", ".."]
+        seen = set()
         for e in self.client.scandir(path):
             a = e["attrs"]
-            out.append(
-                (e["name"], {"st_mode": _TYPE_BITS.get(a["type"], 0), "st_ino": a["ino"]}, 0)
-            )
+            ino = self._alias.get(a["ino"], a["ino"])
+            out.append((e["name"], {"st_mode": _TYPE_BITS.get(a["type"], 0), "st_ino": ino}, 0))
+            seen.add(e["name"])
+        if self._pending:
+            with self._mu:
+                local = [(p, st.ino) for p, st in self._pending.items() if _parent(p) == path]
+            for p, ino in local:
+                name = p.rsplit("/", 1)[1]
+                if name not in seen:
+                    out.append((name, {"st_mode": stat.S_IFREG, "st_ino": ino}, 0))
         return out
 
     @_op
     def mkdir(self, path: str, mode: int) -> int:
+        self._materialize(path)
         uid, gid, mode = self._owner(path, stat.S_IFDIR | (mode & 0o7777))
         r = self.ns("mkdir", True, path=path, mode=mode & 0o7777, uid=uid, gid=gid)
         self._just_made(path, r["attrs"])
@@ -366,6 +445,7 @@ class DfsOperations(Operations):
 
     @_op
     def rmdir(self, path: str) -> int:
+        self._materialize(path, tree=True)  # a file made here makes it non-empty
         self._forget(path)
         self.ns("rmdir", True, path=path)
         self._forget(_parent(path))
@@ -375,6 +455,12 @@ class DfsOperations(Operations):
 
     @_op
     def unlink(self, path: str) -> int:
+        with self._mu:
+            pend = self._pending.pop(path, None)
+        if pend is not None:  # never reached the cluster: nothing to tell it
+            self._dir_changed(path)
+            self._repath(path, None)
+            return 0
         self._forget(path)
         self.ns("unlink", True, path=path)
         self._dir_changed(path)
@@ -388,6 +474,8 @@ class DfsOperations(Operations):
     def rename2(self, old: str, new: str, flags: int) -> int:
         if flags & RENAME_EXCHANGE or flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise FuseOSError(errno.EINVAL)
+        self._materialize(old, tree=True)
+        self._materialize(new, tree=True)
         self._forget_tree(old)
         self._forget_tree(new)
         self.ns("rename", True, src=old, dst=new, noreplace=bool(flags & RENAME_NOREPLACE))
@@ -400,6 +488,7 @@ class DfsOperations(Operations):
     @_op
     def link(self, target: str, source: str) -> int:
         """A hard link: ``target`` becomes a new name of ``source``."""
+        self._materialize(target)
         st = self._state_for_path(source)
         if st is not None and st.modified:
             st.commit(source)
@@ -412,6 +501,7 @@ class DfsOperations(Operations):
     @_op
     def symlink(self, target: str, source: str) -> int:
         """``target`` becomes a symlink whose content is ``source``."""
+        self._materialize(target)
         uid, gid, _ = self._owner(target, stat.S_IFLNK)
         r = self.ns("symlink", True, target=source, path=target, uid=uid, gid=gid)
         self._just_made(target, r["attrs"])
@@ -424,6 +514,7 @@ class DfsOperations(Operations):
 
     @_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._materialize(path)
         uid, gid, mode = self._owner(path, mode)
         r = self.ns("mknod", True, path=path, mode=mode, rdev=dev, uid=uid, gid=gid)
         self._just_made(path, r["attrs"])
@@ -462,6 +553,15 @@ class DfsOperations(Operations):
 
     @_op
     def open(self, path: str, flags: int) -> int:
+        pend = self._pending_at(path)
+        if pend is not None:
+            with self._mu:
+                pend.refs += 1
+                fh = next(self._fh)
+                self._handles[fh] = pend
+            if flags & os.O_TRUNC:
+                pend.truncate(0)
+            return fh
         info = self.ns("file_chunks", path=path)
         ino = info["ino"]
         told = self._told.get(ino)
@@ -482,6 +582,17 @@ class DfsOperations(Operations):
     @_op
     def create(self, path: str, mode: int, flags: int = 0) -> int:
         uid, gid, mode = self._owner(path, mode)
+        pend = self._pending_at(path)
+        if pend is not None:  # made here a moment ago, not committed yet
+            if flags & os.O_EXCL:
+                raise FuseOSError(errno.EEXIST)
+            return self.open(path, flags)
+        try:
+            parent = self._dir_attrs(_parent(path))
+        except DfsError:
+            parent = None
+        if parent is not None and parent["type"] == "dir":
+            return self._create_local(path, mode, uid, gid, flags, parent)
         r = self.ns(
             "create",
             True,
@@ -504,6 +615,44 @@ class DfsOperations(Operations):
         fh = self._attach(info, path, a)
         if flags & os.O_TRUNC:
             self._handles[fh].truncate(0)
+        return fh
+
+    def _create_local(
+        self, path: str, mode: int, uid: int, gid: int, flags: int, parent: dict[str, Any]
+    ) -> int:
+        """Lazy create: a local record now, the file on the cluster at its first commit."""
+        now = time.time_ns()
+        ino = next(self._fake_ino)
+        rep = int(parent.get("rep") or 3)
+        attrs = {
+            "ino": ino,
+            "type": "file",
+            "mode": stat.S_IFREG | (mode & 0o7777),
+            "uid": uid,
+            "gid": gid,
+            "size": 0,
+            "nlink": 1,
+            "atime": now,
+            "mtime": now,
+            "ctime": now,
+            "rdev": 0,
+            "rep": rep,
+            "version": 0,
+        }
+        st = FileState(self, ino, path, [], 0, 0, rep)
+        st.attrs = attrs
+        st.new = True
+        st.exclusive = bool(flags & os.O_EXCL)
+        st.modified = True
+        with self._mu:
+            self._states[ino] = st
+            self._pending[path] = st
+            st.refs += 1
+            fh = next(self._fh)
+            self._handles[fh] = st
+        self._dir_changed(path)
+        # a new file has no attributes: the kernel asks for this one on the first write
+        self._xneg[(path, "security.capability")] = time.monotonic() + self.attr_timeout
         return fh
 
     @_op
@@ -576,6 +725,7 @@ class DfsOperations(Operations):
 
     @_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._materialize(path)
         self._forget(path)
         self.ns("setxattr", True, path=path, name=name, value=bytes(value), flags=options)
         self._xneg.pop((path, name), None)
@@ -589,6 +739,7 @@ class DfsOperations(Operations):
             until = self._xneg.get(key)
             if until is not None and until > time.monotonic():
                 raise FuseOSError(errno.ENODATA)
+        self._materialize(path)
         try:
             return self.ns("getxattr", path=path, name=name)["value"]
         except DfsError as exc:
@@ -600,10 +751,12 @@ class DfsOperations(Operations):
 
     @_op
     def listxattr(self, path: str) -> list[str]:
+        self._materialize(path)
         return self.ns("listxattr", path=path)["names"]
 
     @_op
     def removexattr(self, path: str, name: str) -> int:
+        self._materialize(path)
         self._forget(path)
         self.ns("removexattr", True, path=path, name=name)
         return 0
@@ -638,7 +791,8 @@ class DfsOperations(Operations):
 
     @_op
     def access(self, path: str, amode: int) -> int:
-        a = self.ns("getattr", path=path)["attrs"]
+        pend = self._pending_at(path)
+        a = pend.attrs if pend is not None else self.ns("getattr", path=path)["attrs"]
         if amode == os.F_OK:
             return 0
         uid, gid = _ctx()
