@@ -41,6 +41,8 @@ UPLOAD_WINDOW_BYTES = 64 << 20  # chunk bytes in flight on upload
 BATCH_CHUNKS = 16  # chunks per locate/place round trip
 READ_AHEAD = 6  # chunks fetched ahead on sequential reads
 META_DEADLINE = 30.0  # seconds a metadata call keeps retrying across leader changes
+CHUNK_TIMEOUT = 5.0  # seconds for one chunk from one chunkserver
+SUSPECT_FOR = 20.0  # seconds a chunkserver that timed out is tried last
 LOCATE_WAIT = 20.0  # seconds a read waits for a new leader to relearn chunk locations
 _MISSING = object()
 
@@ -151,6 +153,7 @@ class Client:
         self.meta = Metadata(self.rpc, config.metadata, timeout)
         self.chunking = chunking
         self.stats = Stats()
+        self._suspects: dict[str, float] = {}  # chunkserver -> until when it is tried last
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfs-client")
 
     def close(self) -> None:
@@ -400,6 +403,12 @@ class Client:
             return None, length
         return self._pool.submit(self.fetch_chunk, cid, locations.get(cid)), length
 
+    def _healthy_first(self, replicas: list[str]) -> list[str]:
+        """Replicas in the given order, except that servers which just timed out go
+        last: one dead chunkserver then costs one timeout, not one per chunk."""
+        now = time.monotonic()
+        return sorted(replicas, key=lambda ep: self._suspects.get(ep, 0.0) > now)
+
     def fetch_chunk(self, cid: str, replicas: list[str] | None = None) -> bytes:
         """One chunk, verified: try each replica until one returns the right bytes."""
         if replicas is None:
@@ -407,16 +416,18 @@ class Client:
         tried: list[str] = []
         deadline = time.monotonic() + LOCATE_WAIT
         while True:
-            for ep in replicas:
+            for ep in self._healthy_first(replicas):
                 if ep in tried:
                     continue
                 tried.append(ep)
                 try:
-                    reply = self.rpc.call(ep, "cs.get", {"id": cid})
+                    reply = self.rpc.call(ep, "cs.get", {"id": cid}, timeout=CHUNK_TIMEOUT)
                 except DfsError as exc:
                     if exc.code == errors.CORRUPT:
                         self.stats.bad_replicas += 1
                         self.report_bad(cid, ep)
+                    elif exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                        self._suspects[ep] = time.monotonic() + SUSPECT_FOR
                     continue
                 data = reply.frames[0]
                 if hashlib.sha256(data).hexdigest() != cid:
