@@ -2,8 +2,10 @@
 
 Layout under ``root``::
 
-    chunks/ab/cd/<id>          one file per chunk (id = SHA-256 hex of the content)
-    chunks/ab/cd/.tmp.<id>.<r> a write in progress (removed at open after a crash)
+    chunks/abc/<id>            one file per chunk (id = SHA-256 hex of the content), in
+                               4096 directories made when the store is created, so a
+                               put never creates (and fsyncs) a directory
+    chunks/abc/.tmp.<id>.<r>   a write in progress (removed at open after a crash)
     quarantine/<id>.<ns>       chunks that failed a check: moved aside, never deleted
 
 Each chunk file is a 32-byte little-endian header followed by the stored bytes::
@@ -61,7 +63,8 @@ SAMPLE_COUNT = 4
 TMP_PREFIX = ".tmp."
 _ID_RE = re.compile(r"[0-9a-fA-F]{64}")
 _LOWER_ID_RE = re.compile(r"[0-9a-f]{64}")
-_HEX2_RE = re.compile(r"[0-9a-f]{2}")
+FANOUT_CHARS = 3  # chunks/abc/<id>: 4096 directories
+_FANOUT_RE = re.compile(r"[0-9a-f]{3}")
 
 
 class _Corrupt(Exception):
@@ -146,7 +149,6 @@ class ChunkStore:
 
         self._lock = threading.Lock()  # guards the counters, sets and id-lock table
         self._id_locks: dict[str, list] = {}  # id -> [Lock, users]
-        self._known_dirs: set[str] = set()
         self._local = threading.local()  # per-thread zstd (de)compressors
         self._used = 0
         self._reserved = 0  # bytes of puts in flight, counted against capacity
@@ -158,23 +160,21 @@ class ChunkStore:
     # ---- opening -------------------------------------------------------------------
 
     def _scan(self) -> None:
-        """Remove temp files left by a crash and count chunks and bytes, once."""
+        """Make the fan-out directories (once), remove temp files left by a crash,
+        and count chunks and bytes, once."""
+        self._make_fanout()
         used = count = removed = 0
-        for l1 in os.scandir(self.chunks_dir):
-            if not (l1.is_dir(follow_symlinks=False) and _HEX2_RE.fullmatch(l1.name)):
+        for d in os.scandir(self.chunks_dir):
+            if not (d.is_dir(follow_symlinks=False) and _FANOUT_RE.fullmatch(d.name)):
                 continue
-            for l2 in os.scandir(l1.path):
-                if not (l2.is_dir(follow_symlinks=False) and _HEX2_RE.fullmatch(l2.name)):
-                    continue
-                self._known_dirs.add(l1.name + l2.name)
-                for ent in os.scandir(l2.path):
-                    if ent.name.startswith(TMP_PREFIX):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(ent.path)
-                        removed += 1
-                    elif _LOWER_ID_RE.fullmatch(ent.name) and ent.is_file(follow_symlinks=False):
-                        used += ent.stat(follow_symlinks=False).st_size
-                        count += 1
+            for ent in os.scandir(d.path):
+                if ent.name.startswith(TMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(ent.path)
+                    removed += 1
+                elif _LOWER_ID_RE.fullmatch(ent.name) and ent.is_file(follow_symlinks=False):
+                    used += ent.stat(follow_symlinks=False).st_size
+                    count += 1
         for ent in os.scandir(self.quarantine_dir):
             cid = ent.name.split(".", 1)[0]
             if _LOWER_ID_RE.fullmatch(cid) and not self._path(cid).exists():
@@ -186,7 +186,17 @@ class ChunkStore:
     validate_id = staticmethod(validate_id)
 
     def _path(self, cid: str) -> Path:
-        return self.chunks_dir / cid[:2] / cid[2:4] / cid
+        return self.chunks_dir / cid[:FANOUT_CHARS] / cid
+
+    def _make_fanout(self) -> None:
+        marker = self.chunks_dir / ".fanout"
+        if marker.exists():
+            return
+        for i in range(16**FANOUT_CHARS):
+            (self.chunks_dir / f"{i:0{FANOUT_CHARS}x}").mkdir(exist_ok=True)
+        _fsync_dir(self.chunks_dir)
+        marker.touch()
+        _fsync_dir(self.chunks_dir)
 
     @contextlib.contextmanager
     def _id_lock(self, cid: str) -> Iterator[None]:
@@ -240,20 +250,7 @@ class ChunkStore:
         return CODEC_RAW, mv
 
     def _ensure_dir(self, cid: str) -> Path:
-        key = cid[:4]
-        d = self.chunks_dir / cid[:2] / cid[2:4]
-        if key in self._known_dirs:
-            return d
-        l1 = d.parent
-        new_l1 = not l1.exists()
-        d.mkdir(parents=True, exist_ok=True)
-        # make the new directory entries durable before a chunk inside them is
-        _fsync_dir(l1)
-        if new_l1:
-            _fsync_dir(self.chunks_dir)
-        with self._lock:
-            self._known_dirs.add(key)
-        return d
+        return self.chunks_dir / cid[:FANOUT_CHARS]  # made when the store was created
 
     def _reserve(self, cid: str, nbytes: int) -> None:
         with self._lock:
@@ -555,29 +552,25 @@ class ChunkStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise DfsError("EINVAL", f"limit must be a positive int, got {limit!r}")
         out: list[str] = []
-        a1 = after[:2] if after else ""
-        a2 = after[:4] if after else ""
-        for l1 in self._sorted_hex_dirs(self.chunks_dir):
-            if l1 < a1:
+        first = after[:FANOUT_CHARS] if after else ""
+        for d in self._sorted_hex_dirs(self.chunks_dir):
+            if d < first:
                 continue
-            for l2 in self._sorted_hex_dirs(self.chunks_dir / l1):
-                if l1 + l2 < a2:
+            try:
+                names = os.listdir(self.chunks_dir / d)
+            except FileNotFoundError:
+                continue
+            for name in sorted(names):
+                if not _LOWER_ID_RE.fullmatch(name) or (after and name <= after):
                     continue
-                try:
-                    names = os.listdir(self.chunks_dir / l1 / l2)
-                except FileNotFoundError:
-                    continue
-                for name in sorted(names):
-                    if not _LOWER_ID_RE.fullmatch(name) or (after and name <= after):
-                        continue
-                    if len(out) == limit:
-                        return out, True
-                    out.append(name)
+                if len(out) == limit:
+                    return out, True
+                out.append(name)
         return out, False
 
     @staticmethod
     def _sorted_hex_dirs(d: Path) -> list[str]:
         try:
-            return sorted(n for n in os.listdir(d) if _HEX2_RE.fullmatch(n))
+            return sorted(n for n in os.listdir(d) if _FANOUT_RE.fullmatch(n))
         except FileNotFoundError:
             return []

@@ -30,11 +30,12 @@ def cid_of(data: bytes) -> str:
 
 
 def chunk_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "chunks").rglob("*") if p.is_file())
+    """Chunk files and leftovers (not the store's own fan-out marker)."""
+    return sorted(p for p in (root / "chunks").rglob("*") if p.is_file() and p.name != ".fanout")
 
 
 def header_of(store: ChunkStore, cid: str) -> tuple:
-    return HEADER.unpack((store.chunks_dir / cid[:2] / cid[2:4] / cid).read_bytes()[:HEADER_SIZE])
+    return HEADER.unpack((store.chunks_dir / cid[:3] / cid).read_bytes()[:HEADER_SIZE])
 
 
 def compressible(n: int, seed: int = 0) -> bytes:
@@ -230,7 +231,7 @@ def test_corrupt_detected_on_get_and_quarantined(store: ChunkStore, kind: str, w
     other = b"an unrelated chunk"
     store.put(cid, data)
     store.put(cid_of(other), other)
-    path = store.chunks_dir / cid[:2] / cid[2:4] / cid
+    path = store.chunks_dir / cid[:3] / cid
     size = path.stat().st_size
     pos = {
         "payload": HEADER_SIZE + (size - HEADER_SIZE) // 2,
@@ -267,7 +268,7 @@ def test_corrupt_detected_by_verify(store: ChunkStore) -> None:
     store.put(cid_of(good), good)
     store.put(cid_of(bad), bad)
     assert store.verify(cid_of(good)) is True and store.verify(cid_of(bad)) is True
-    flip_byte(store.chunks_dir / cid_of(bad)[:2] / cid_of(bad)[2:4] / cid_of(bad), HEADER_SIZE + 7)
+    flip_byte(store.chunks_dir / cid_of(bad)[:3] / cid_of(bad), HEADER_SIZE + 7)
     assert store.verify(cid_of(bad)) is False
     assert store.verify(cid_of(bad)) is False  # known corrupt
     assert store.verify(cid_of(good)) is True
@@ -283,8 +284,8 @@ def test_verify_catches_wrong_content_with_valid_checksum(store: ChunkStore) -> 
     a, b = b"content a" * 100, b"content b" * 100
     store.put(cid_of(a), a)
     store.put(cid_of(b), b)
-    pa = store.chunks_dir / cid_of(a)[:2] / cid_of(a)[2:4] / cid_of(a)
-    pb = store.chunks_dir / cid_of(b)[:2] / cid_of(b)[2:4] / cid_of(b)
+    pa = store.chunks_dir / cid_of(a)[:3] / cid_of(a)
+    pb = store.chunks_dir / cid_of(b)[:3] / cid_of(b)
     pa.write_bytes(pb.read_bytes())
     assert store.get(cid_of(a)) == b  # get trusts xxh3; the client checks SHA-256
     assert store.verify(cid_of(a)) is False
@@ -311,7 +312,7 @@ def test_leftover_temp_file_cleaned_at_open(tmp_path: Path) -> None:
     data = b"keep me"
     s.put(cid_of(data), data)
     cid = cid_of(data)
-    leftover = s.chunks_dir / cid[:2] / cid[2:4] / f".tmp.{cid_of(b'x')}.deadbeef"
+    leftover = s.chunks_dir / cid[:3] / f".tmp.{cid_of(b'x')}.deadbeef"
     leftover.write_bytes(b"half a chunk")
     s2 = ChunkStore(tmp_path)
     assert not leftover.exists()

@@ -108,7 +108,7 @@ def test_corrupt_chunk_is_reported_not_served(
     cs = start_chunkserver("cs1")
     cid, data = chunk(100_000)
     client.call(cs.endpoint, "cs.put", {"id": cid}, [data])
-    path = tmp_path / "cs1" / "chunks" / cid[:2] / cid[2:4] / cid
+    path = tmp_path / "cs1" / "chunks" / cid[:3] / cid
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -128,7 +128,7 @@ def test_verify_finds_corruption(start_chunkserver, client: RpcClient, tmp_path:
     cid, data = chunk(10_000)
     client.call(cs.endpoint, "cs.put", {"id": cid}, [data])
     assert client.call(cs.endpoint, "cs.verify", {"id": cid}).fields["ok"] is True
-    path = tmp_path / "cs1" / "chunks" / cid[:2] / cid[2:4] / cid
+    path = tmp_path / "cs1" / "chunks" / cid[:3] / cid
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0x01
     path.write_bytes(bytes(raw))

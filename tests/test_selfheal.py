@@ -94,7 +94,7 @@ def server_of(c: LocalCluster, ep: str) -> Any:
 
 
 def chunk_file(c: LocalCluster, name: str, cid: str) -> Path:
-    return c.dir / name / "chunks" / cid[:2] / cid[2:4] / cid
+    return c.dir / name / "chunks" / cid[:3] / cid
 
 
 def stored_ids(c: LocalCluster) -> set[str]:
