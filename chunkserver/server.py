@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    sys.setswitchinterval(0.0005)  # short GIL slices: a chained put crosses several threads
     args.data.mkdir(parents=True, exist_ok=True)
     try:
         server = ChunkServer(
