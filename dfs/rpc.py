@@ -1,15 +1,18 @@
-"""ZeroMQ RPC: a ROUTER server with an event loop, and a multiplexing DEALER client.
+"""ZeroMQ RPC: a ROUTER server with an event loop, and DEALER clients.
 
-The server's loop thread owns every socket. Handlers run on the loop unless
-they are registered as ``blocking`` (disk, hashing): those go to a thread
-pool, and their replies come back to the loop through an inproc socket.
-Any handler may also answer later (a Raft commit, a forwarded put) by
-returning ``DEFERRED`` and calling ``call.respond`` / ``call.fail`` from any
-thread.
+Server: one loop thread owns the ROUTER socket. Handlers run on the loop
+unless registered as ``blocking`` (disk, hashing): those go to a thread pool,
+and their replies come back to the loop through an inproc socket. A handler
+may also answer later (a Raft commit, a forwarded put) by returning
+``DEFERRED`` and calling ``call.respond`` / ``call.fail`` from any thread.
+``call_soon`` runs a function on the loop from any thread; ``after_poll``
+hooks run once per loop iteration (the Raft driver lives there).
 
-The client has one I/O thread owning one DEALER socket per endpoint; any
-number of threads submit requests, each gets a Future, so many requests are
-in flight on one connection. Chunk data goes out with zero-copy sends.
+Client: ``call`` (blocking) uses a socket of the calling thread's own, so a
+request costs no hand-off between threads; ``call_async`` hands requests to
+one I/O thread that owns a DEALER per endpoint, so many requests are in
+flight on one connection, each with a Future. Chunk data goes out with
+zero-copy sends. ``Sender`` sends one-way messages (Raft) from a loop.
 """
 
 from __future__ import annotations
@@ -358,7 +361,7 @@ class _Outgoing:
     endpoint: str
     req_id: int
     frames: list[Frame]
-    pending: _Pending | None = field(repr=False)  # None for one-way messages
+    pending: _Pending = field(repr=False)
 
 
 class _ThreadSlots:
@@ -430,15 +433,6 @@ class RpcClient:
             self._outbox.append(_Outgoing(endpoint, req_id, msg, pending))
         self._poke()
         return future
-
-    def send(self, endpoint: str, op: str, fields: dict[str, Any] | None = None) -> None:
-        """Fire and forget a one-way message (no reply, no timeout bookkeeping)."""
-        if self._closed.is_set():
-            return
-        msg = wire.encode_request(0, op, fields)
-        with self._lock:
-            self._outbox.append(_Outgoing(endpoint, 0, msg, None))
-        self._poke()
 
     def call(
         self,
@@ -604,8 +598,7 @@ class RpcClient:
                 if not self._outbox:
                     return
                 out = self._outbox.popleft()
-                if out.pending is not None:
-                    self._pending[out.req_id] = out.pending
+                self._pending[out.req_id] = out.pending
             sock = self._socket_for(out.endpoint, poller)
             frames = out.frames
             try:
@@ -657,7 +650,7 @@ class RpcClient:
 
     def _fail_all(self, error: DfsError) -> None:
         with self._lock:
-            pending = list(self._pending.values()) + [o.pending for o in self._outbox if o.pending]
+            pending = list(self._pending.values()) + [o.pending for o in self._outbox]
             self._pending.clear()
             self._outbox.clear()
         for p in pending:
