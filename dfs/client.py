@@ -67,6 +67,7 @@ class Metadata:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._leader: str | None = None
+        self.deadline: float | None = None  # seconds a call keeps retrying (None: default)
         self._client_id = uuid.uuid4().hex
         self._by_thread: dict[int, tuple[str, list[int]]] = {}
         self._sessions = 0
@@ -95,7 +96,7 @@ class Metadata:
             client, seq = self._session()
             seq[0] += 1
             fields.update(client=client, seq=seq[0])  # a retry reuses the same seq
-        deadline = time.monotonic() + META_DEADLINE
+        deadline = time.monotonic() + (self.deadline or META_DEADLINE)
         tried: list[str] = []
         delay = 0.02
         last: DfsError | None = None
