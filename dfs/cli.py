@@ -361,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
+        # -q also after the command (dfs put -q ...); SUPPRESS keeps a global -q
+        sp.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        )
         return sp
 
     sp = add("put", cmd_put, "upload files (LOCAL... REMOTE; - reads stdin)")

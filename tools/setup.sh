@@ -28,7 +28,10 @@ fi
 stamp=.venv/.dfs-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v -i warning || true
+    if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/install.log 2>&1; then
+        cat .venv/install.log >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 .venv/bin/python -c "import dfs, zmq, msgpack, xxhash, zstandard, pyfastcdc, rich" \
