@@ -64,6 +64,13 @@ class Call:
         self._done = True
         self._server._send(self.peer, wire.encode_reply(self.request.id, fields, frames))
 
+    def settle(self, result: Any) -> None:
+        """Answer with a result map, or fail with a DfsError (a completion callback)."""
+        if isinstance(result, DfsError):
+            self.fail(result)
+        else:
+            self.respond(result)
+
     def fail(self, error: DfsError) -> None:
         if self._done:
             return

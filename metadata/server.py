@@ -60,20 +60,54 @@ LEADER_OPS = (
 )
 
 
+PEERS_OP = "raft_peers"  # replicated command: {"set": {id: endpoint}, "drop": [id]}
+SNAP_MAGIC = b"DFSMDv2\0"  # machine snapshot: magic + msgpack {"ns": bytes, "peers": {...}}
+
+
 class NamespaceMachine:
-    """Adapts the namespace to the driver: commands travel as msgpack bytes."""
+    """Adapts the namespace to the driver: commands travel as msgpack bytes.
+
+    Next to the namespace it keeps ``peers`` ({node id: endpoint}), the metadata
+    members' endpoints, changed only by the replicated ``raft_peers`` command a
+    leader proposes before a membership change, so every node (and one restored
+    from a snapshot) knows how to reach every voter. A snapshot is SNAP_MAGIC +
+    msgpack; a bare namespace snapshot (the format before) still loads."""
 
     def __init__(self) -> None:
         self.ns = Namespace()
+        self.peers: dict[int, str] = {}
 
     def apply(self, data: bytes) -> dict[str, Any]:
-        return self.ns.apply(msgpack.unpackb(data, raw=False))
+        cmd = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if type(cmd) is dict and cmd.get("op") == PEERS_OP:
+            return self._apply_peers(cmd.get("args"))
+        return self.ns.apply(cmd)
+
+    def _apply_peers(self, args: Any) -> dict[str, Any]:
+        try:
+            if type(args) is not dict:
+                raise ValueError("args must be a map")
+            sets = {int(k): wire.check_endpoint(v) for k, v in (args.get("set") or {}).items()}
+            drops = [int(k) for k in args.get("drop") or ()]
+        except (TypeError, ValueError) as exc:
+            return {"ok": False, "code": "EINVAL", "msg": f"{PEERS_OP}: {exc}"}
+        for k in drops:
+            self.peers.pop(k, None)
+        self.peers.update(sets)
+        return {"ok": True, "peers": {str(k): v for k, v in sorted(self.peers.items())}}
 
     def snapshot(self) -> bytes:
-        return self.ns.snapshot()
+        body = {"ns": self.ns.snapshot(), "peers": {str(k): v for k, v in self.peers.items()}}
+        return SNAP_MAGIC + msgpack.packb(body, use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
-        self.ns = Namespace.restore(data)
+        if bytes(data[: len(SNAP_MAGIC)]) == SNAP_MAGIC:
+            body = msgpack.unpackb(data[len(SNAP_MAGIC) :], raw=False)
+            self.ns = Namespace.restore(body["ns"])
+            self.peers = {int(k): v for k, v in (body.get("peers") or {}).items()}
+        else:  # a namespace snapshot written before the peers map existed
+            self.ns = Namespace.restore(data)
+            self.peers = {}
 
 
 class MetadataNode:
@@ -89,22 +123,25 @@ class MetadataNode:
         security: Security | None = None,
         tick: float = TICK,
         maintenance: MaintenanceConfig | None = None,
+        join: bool = False,
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> None:
         self.id = node_id
         self.rpc = rpc.RpcServer(listen, security=security, workers=2, name="metadata")
         self.endpoint = self.rpc.endpoint
-        self.peers = {node_id: self.endpoint, **peers}
+        peers = {**peers, node_id: peers.get(node_id, self.endpoint)}
         self.peer_rpc = rpc.RpcClient(security=security, timeout=2.0)
         self.machine = NamespaceMachine()
         self.driver = RaftDriver(
             node_id,
-            self.peers,
+            peers,
             data_dir / "raft",
             self.rpc,
             self.machine,
             tick=tick,
             election_ticks=ELECTION_TICKS,
-            snapshot_every=SNAPSHOT_EVERY,
+            snapshot_every=snapshot_every,
+            join=join,
         )
         self.registry = Registry()
         self.maintenance = Maintenance(self, maintenance)
@@ -117,6 +154,11 @@ class MetadataNode:
     @property
     def ns(self) -> Namespace:
         return self.machine.ns
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """Metadata node id -> endpoint: the replicated map, then --peers."""
+        return self.driver.peers
 
     @property
     def inbox(self) -> Any:
@@ -147,6 +189,7 @@ class MetadataNode:
                     "id": self.id,
                     "endpoint": self.endpoint,
                     "leader": self.driver.leader_endpoint(),
+                    "voter": self.id in self.driver.raft.voters,
                 }
             )
 
@@ -197,6 +240,10 @@ class MetadataNode:
         def serve() -> None:
             if not self.driver.is_leader:
                 call.fail(self.driver.not_leader())
+                return
+            action = call.fields.get("action") if call.request.op == "md.admin" else None
+            if action in AdminOps.DEFERRED_ACTIONS:  # answered once the log commits them
+                self.admin.admin_deferred(action, call.fields.get("args") or {}, call.settle)
                 return
             try:
                 result = self._serve_leader_op(call.request.op.removeprefix("md."), call.fields)
@@ -354,7 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="data directory (Raft log, snapshots)")
     p.add_argument("--listen", required=True, help="endpoint to serve on, e.g. tcp://0.0.0.0:7001")
     p.add_argument(
-        "--peers", required=True, help="every member as ID=ENDPOINT,... (this node included)"
+        "--peers",
+        default="",
+        help="every member as ID=ENDPOINT,... (this node included); with --join, the "
+        "existing members to contact (optional)",
+    )
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="join an existing cluster: start as a non-voter that learns the "
+        "configuration from the leader (then run 'dfs-admin raft add ID ENDPOINT')",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=int(os.environ.get("DFS_SNAPSHOT_EVERY", SNAPSHOT_EVERY)),
+        metavar="N",
+        help="applied log entries between snapshots (log compaction)",
     )
     p.add_argument("--key", help="cluster key file: every socket uses CURVE")
     d = MaintenanceConfig()
@@ -401,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("bad --peers: %s", exc)
         return 2
-    if args.id not in peers:
-        log.error("--peers does not name this node's id %d", args.id)
+    if args.id not in peers and not args.join:
+        log.error("--peers does not name this node's id %d (a new node needs --join)", args.id)
         return 2
     args.data.mkdir(parents=True, exist_ok=True)
     maint = MaintenanceConfig(
@@ -418,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         peers,
         security=load_optional(args.key),
         maintenance=maint,
+        join=args.join,
+        snapshot_every=max(1, args.snapshot_every),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

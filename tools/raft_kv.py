@@ -20,7 +20,6 @@ from typing import Any
 import msgpack
 
 from dfs import rpc
-from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from metadata.raft.driver import RaftDriver
 from metadata.server import parse_peers
@@ -51,23 +50,14 @@ def serve(node_id: int, data: Path, listen: str, peers: dict[int, str]) -> tuple
     kv = KV()
     driver = RaftDriver(node_id, peers, data, server, kv)
 
-    def reply_to(call: rpc.Call):
-        def done(result: Any) -> None:
-            if isinstance(result, DfsError):
-                call.fail(result)
-            else:
-                call.respond(result)
-
-        return done
-
     def put(call: rpc.Call) -> Any:
         f = call.fields
-        driver.propose(msgpack.packb([f["key"], f["value"]], use_bin_type=True), reply_to(call))
+        driver.propose(msgpack.packb([f["key"], f["value"]], use_bin_type=True), call.settle)
         return rpc.DEFERRED
 
     def get(call: rpc.Call) -> Any:
         key = call.fields["key"]
-        driver.read(lambda: {"value": kv.data.get(key), "writes": kv.writes}, reply_to(call))
+        driver.read(lambda: {"value": kv.data.get(key), "writes": kv.writes}, call.settle)
         return rpc.DEFERRED
 
     server.route("kv.put", put)
