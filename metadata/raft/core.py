@@ -22,9 +22,11 @@ votes), randomized election timeouts in [election_ticks, 2*election_ticks),
 pipelined + batched replication with flow control and conflict-term back-off,
 a no-op entry per term, chunked InstallSnapshot, single-server membership
 changes (effective when appended, one at a time), leadership transfer
-(TimeoutNow) and ReadIndex reads. The leader counts its own log entries toward
-the commit quorum only once they are durable (after ``advance``), so a commit
-index anywhere always means "on disk on a majority".
+(TimeoutNow), ReadIndex reads and, optionally, leader-lease reads
+(``RaftConfig.lease_reads``: no heartbeat round while the lease holds). The
+leader counts its own log entries toward the commit quorum only once they are
+durable (after ``advance``), so a commit index anywhere always means "on disk
+on a majority".
 
 See ``metadata/raft/__init__.py`` for how a driver loop must use Ready.
 """
@@ -95,10 +97,26 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 1 << 20
     check_quorum: bool = True
     pre_vote: bool = True
+    # Leader-lease reads (needs check_quorum, and the same setting on every node):
+    # read_index() is answered at once while the leader holds a lease, which
+    # lasts election_ticks - lease_drift_ticks of the leader's ticks from the
+    # send of a heartbeat that a quorum acknowledged. Safe while that span never
+    # takes longer in real time than election_ticks - 1 ticks of any follower
+    # (followers refuse votes for election_ticks after hearing from the leader):
+    # 1 tick covers tick granularity, the rest clock-rate drift over the lease
+    # (d >= 1 + drift * (election_ticks - d)) and the leader's ticks lagging
+    # real time (a stalled loop must catch its ticks up before serving reads).
+    lease_reads: bool = False
+    lease_drift_ticks: int = 2
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.lease_reads:
+            if not self.check_quorum:
+                raise ValueError("lease_reads needs check_quorum (followers honour the lease)")
+            if not 1 <= self.lease_drift_ticks < self.election_ticks:
+                raise ValueError("need 1 <= lease_drift_ticks < election_ticks")
         if self.max_inflight < 1 or self.snapshot_chunk_bytes < 1:
             raise ValueError("max_inflight and snapshot_chunk_bytes must be positive")
 
@@ -175,6 +193,8 @@ class RaftNode:
         self.progress: dict[int, Progress] = {}
         self.lead_transferee = NONE
         self.term_start = 0  # index of this leader's no-op
+        self.ticks = 0  # ticks since this node started: the lease clock
+        self.lease_forfeit = False  # sent TimeoutNow this term: no lease until the next
 
         self.read_seq = 0
         self.pending_reads: deque[_PendingRead] = deque()
@@ -222,6 +242,7 @@ class RaftNode:
 
     # ------------------------------------------------------------ public API
     def tick(self) -> None:
+        self.ticks += 1
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
@@ -279,14 +300,15 @@ class RaftNode:
             self.election_elapsed = 0
         pr = self.progress[to]
         if pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.id, to, self.term))
+            self._send_timeout_now(to)
         else:
             self._send_append(to)
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read. ``ReadState(ctx, index)`` comes back in a
         later Ready once the leadership is confirmed by a quorum and this node
-        has applied ``index``. A follower forwards to its leader; if the leader
+        has applied ``index`` (with ``lease_reads``, a leader holding its lease
+        answers at once). A follower forwards to its leader; if the leader
         fails meanwhile the read is silently lost, so callers use a timeout."""
         if self.role == Role.LEADER:
             self._leader_read(ctx, self.id)
@@ -315,10 +337,12 @@ class RaftNode:
             return
         if m.term > self.term:
             if isinstance(m, VoteRequest):
-                in_lease = (
-                    self.cfg.check_quorum
-                    and self.leader_id != NONE
-                    and self.election_elapsed < self.cfg.election_ticks
+                et = self.cfg.election_ticks
+                in_lease = self.cfg.check_quorum and (
+                    (self.leader_id != NONE and self.election_elapsed < et)
+                    # after a restart we may have acknowledged a leader's
+                    # heartbeat just before: honour its lease from now on
+                    or (self.cfg.lease_reads and self.ticks < et)
                 )
                 if in_lease and not m.transfer:
                     return  # we heard from a live leader recently: do not be disrupted
@@ -456,6 +480,7 @@ class RaftNode:
         self.leader_id = self.id
         self.role = Role.LEADER
         self.read_seq = 0
+        self.lease_forfeit = False
         self._sync_progress()
         for pr in self.progress.values():
             pr.recent_active = False
@@ -581,7 +606,11 @@ class RaftNode:
                 self._handle_append(m)
             elif isinstance(m, Heartbeat):
                 self.log.commit_to(m.commit)
-                self._send(HeartbeatResponse(self.id, m.frm, self.term, read_seq=m.read_seq))
+                self._send(
+                    HeartbeatResponse(
+                        self.id, m.frm, self.term, read_seq=m.read_seq, sent_tick=m.sent_tick
+                    )
+                )
             else:
                 self._handle_snapshot(m)
         elif isinstance(m, TimeoutNow):
@@ -671,6 +700,8 @@ class RaftNode:
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):
             self._heartbeat_response_flow(m.frm, pr)
+            if m.sent_tick > pr.lease_ack:
+                pr.lease_ack = m.sent_tick
             if m.read_seq > pr.read_ack:
                 pr.read_ack = m.read_seq
                 self._check_reads()
@@ -739,7 +770,7 @@ class RaftNode:
             and m.frm == self.lead_transferee
             and pr.match == self.log.last_index()
         ):
-            self._send(TimeoutNow(self.id, m.frm, self.term))
+            self._send_timeout_now(m.frm)
 
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
@@ -787,7 +818,7 @@ class RaftNode:
         ):
             best = max(self.progress, key=lambda v: self.progress[v].match, default=NONE)
             if best != NONE and self.progress[best].match == self.log.last_index():
-                self._send(TimeoutNow(self.id, best, self.term))
+                self._send_timeout_now(best)
             self._become_follower(self.term, NONE)
 
     def _send_all(self, to: int, send_if_empty: bool) -> None:
@@ -808,6 +839,7 @@ class RaftNode:
                     self.term,
                     commit=min(pr.match, self.log.commit),
                     read_seq=self.read_seq,
+                    sent_tick=self.ticks,
                 )
             )
 
@@ -878,12 +910,32 @@ class RaftNode:
             # Our commit index may lag the true one until this term's no-op commits.
             self.reads_waiting_commit.append((ctx, frm))
             return
-        if self.voters == (self.id,):
+        if self.voters == (self.id,) or self._in_lease():
             self._read_ready(ctx, self.log.commit, frm)
             return
         self.read_seq += 1
         self.pending_reads.append(_PendingRead(self.read_seq, ctx, self.log.commit, frm))
         self._pending_read_hb = True
+
+    def _in_lease(self) -> bool:
+        """A quorum acknowledged a heartbeat we sent at tick T, so none of them
+        votes for another leader before T + election_ticks of its own ticks
+        (the lease check in ``step``); we trust that until T + election_ticks -
+        lease_drift_ticks of ours. A leadership transfer bypasses that check,
+        so once TimeoutNow may be out, no lease for the rest of the term."""
+        cfg = self.cfg
+        if not cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
+            return False
+        acks = sorted(
+            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
+            reverse=True,
+        )
+        start = acks[len(acks) // 2]
+        return start >= 0 and self.ticks < start + cfg.election_ticks - cfg.lease_drift_ticks
+
+    def _send_timeout_now(self, to: int) -> None:
+        self.lease_forfeit = True
+        self._send(TimeoutNow(self.id, to, self.term))
 
     def _check_reads(self) -> None:
         if not self.pending_reads or not self.voters:

@@ -276,12 +276,14 @@ class Heartbeat(Message):
     KIND: ClassVar[str] = "hb"
     commit: int = 0
     read_seq: int = 0  # confirms leadership for ReadIndex requests up to this seq
+    sent_tick: int = 0  # the leader's tick count when it sent this (lease reads)
 
 
 @dataclass(slots=True)
 class HeartbeatResponse(Message):
     KIND: ClassVar[str] = "hb_resp"
     read_seq: int = 0
+    sent_tick: int = 0  # echoed from the heartbeat: starts the leader's lease
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ class ProgressState(IntEnum):
 class Progress:
     __slots__ = (
         "inflight",
+        "lease_ack",
         "match",
         "max_inflight",
         "next",
@@ -47,6 +48,7 @@ class Progress:
         self.snap_sent = 0  # chunks sent / acknowledged (SNAPSHOT state)
         self.snap_acked = 0
         self.read_ack = 0  # highest ReadIndex sequence this follower confirmed
+        self.lease_ack = -1  # leader tick of the latest heartbeat it acknowledged
         self.stall = 0  # heartbeat rounds since the last append/snapshot answer
 
     def __repr__(self) -> str:

@@ -11,7 +11,14 @@ fsync window) and are kept for manual hunting:
 from __future__ import annotations
 
 from metadata.raft.core import RaftNode
-from metadata.raft.messages import NONE, AppendEntries, HardState
+from metadata.raft.messages import (
+    NONE,
+    AppendEntries,
+    HardState,
+    HeartbeatResponse,
+    Message,
+    TimeoutNow,
+)
 
 
 class CommitOldTermNode(RaftNode):
@@ -69,3 +76,73 @@ class CommitOldTermNoNoopNode(CommitOldTermNode):
 
 
 BROKEN["commit-old-term-no-noop"] = CommitOldTermNoNoopNode
+
+
+class LeaseNeverExpiresNode(RaftNode):
+    """Lease reads: once a quorum acknowledged one heartbeat, the lease is held
+    for the rest of the term (a partitioned leader keeps serving reads)."""
+
+    def _in_lease(self) -> bool:
+        if not self.cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
+            return False
+        acks = sorted(
+            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
+            reverse=True,
+        )
+        return acks[len(acks) // 2] >= 0
+
+
+class LeaseFromAckNode(RaftNode):
+    """Lease reads timed from when the acknowledgement arrived, not from when
+    the heartbeat was sent: the lease overshoots the followers' by a round trip."""
+
+    def _step_leader(self, m: Message) -> None:
+        if isinstance(m, HeartbeatResponse):
+            m.sent_tick = self.ticks
+        super()._step_leader(m)
+
+
+class LeaseNoDriftNode(RaftNode):
+    """Lease reads with no bound for drift or tick granularity: the lease lasts
+    a full election_ticks of the leader's clock."""
+
+    def _in_lease(self) -> bool:
+        if not self.cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
+            return False
+        acks = sorted(
+            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
+            reverse=True,
+        )
+        start = acks[len(acks) // 2]
+        return start >= 0 and self.ticks < start + self.cfg.election_ticks
+
+
+class LeaseThroughTransferNode(RaftNode):
+    """Keeps its lease after sending TimeoutNow, though the transferee's votes
+    bypass the followers' lease check."""
+
+    def _send_timeout_now(self, to: int) -> None:
+        self._send(TimeoutNow(self.id, to, self.term))
+
+    def _in_lease(self) -> bool:
+        saved, self.lead_transferee = self.lead_transferee, NONE
+        try:
+            return super()._in_lease()
+        finally:
+            self.lead_transferee = saved
+
+
+class LeaseForgetOnRestartNode(RaftNode):
+    """A restarted follower votes at once, though before the crash it may have
+    acknowledged a heartbeat whose lease still runs."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.ticks = self.cfg.election_ticks
+
+
+BROKEN["lease-never-expires"] = LeaseNeverExpiresNode
+BROKEN["lease-from-ack"] = LeaseFromAckNode
+BROKEN["lease-no-drift"] = LeaseNoDriftNode
+BROKEN["lease-through-transfer"] = LeaseThroughTransferNode
+BROKEN["lease-forget-on-restart"] = LeaseForgetOnRestartNode

@@ -1,13 +1,15 @@
 """The simulator: one seed -> one reproducible run of a whole Raft cluster.
 
-Time is counted in *steps*; every node ticks once per ``steps_per_tick`` steps
-with its own phase (clock skew). Messages take 1..max_delay steps and may be
-dropped, duplicated, reordered or cut by a partition. A node persists each
-Ready with a simulated disk latency and sends its messages only once the
-write is durable; a crash loses the Ready in flight (a random prefix of its
-records may survive, like a torn write) and the node restarts from what was
-durable. Invariants are checked after every event; a run ends with a
-liveness phase: heal everything and require a fresh write to commit.
+Time is counted in *steps*; every node ticks about once per ``steps_per_tick``
+steps with its own phase (clock skew) and its own rate (clock drift: up to
+``clock_drift`` faster or slower; leader leases must cover it). Messages take
+1..max_delay steps and may be dropped, duplicated, reordered or cut by a
+partition. A node persists each Ready with a simulated disk latency and sends
+its messages only once the write is durable; a crash loses the Ready in flight
+(a random prefix of its records may survive, like a torn write) and the node
+restarts from what was durable. Invariants are checked after every event; a
+run ends with a liveness phase: heal everything and require a fresh write to
+commit.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Params:
     p_partition: float
     p_propose: float
     p_read: float
+    p_read_anywhere: float  # a client read goes to a random node, not the hinted leader
     p_conf: float
     p_transfer: float
     compact_every: int
@@ -75,6 +78,9 @@ class Params:
     lazy_commit: bool  # a Ready that only moves the commit index is not fsync'd
     chaos_ticks: int
     liveness_ticks: int
+    clock_drift: float  # each node's tick period is steps_per_tick * (1 +- up to this)
+    lease_reads: bool
+    lease_drift_ticks: int  # the smallest bound that covers clock_drift (see lease_bound)
 
     @classmethod
     def draw(cls, rng: random.Random) -> Params:
@@ -98,6 +104,7 @@ class Params:
             p_partition=rng.choice((0.0, 0.005, 0.02)),
             p_propose=rng.choice((0.1, 0.3, 1.0)),
             p_read=rng.choice((0.05, 0.2)),
+            p_read_anywhere=0.2,
             p_conf=rng.choice((0.0, 0.005, 0.02)),
             p_transfer=rng.choice((0.0, 0.005, 0.02)),
             compact_every=rng.choice((0, 5, 20, 60)),
@@ -106,7 +113,21 @@ class Params:
             lazy_commit=rng.random() < 0.5,
             chaos_ticks=rng.randint(250, 500),
             liveness_ticks=40 * et,
+            clock_drift=(drift := rng.choice((0.0, 0.02, 0.05, 0.1))),
+            lease_reads=rng.random() < 0.4,
+            lease_drift_ticks=lease_bound(et, drift),
         )
+
+
+def lease_bound(election_ticks: int, drift: float) -> int:
+    """The smallest lease_drift_ticks d that is safe when tick periods differ by
+    up to ``drift`` either way: (E - d) ticks of the fastest node must not
+    outlast E - 1 ticks of the slowest, i.e. (E - d) * (1 + drift) <= (E - 1) * (1 - drift)."""
+    e = election_ticks
+    d = 1
+    while (e - d) * (1 + drift) > (e - 1) * (1 - drift) + 1e-9:
+        d += 1
+    return d
 
 
 @dataclass
@@ -169,9 +190,10 @@ class SimStorage:
 
 
 class SimNode:
-    def __init__(self, node_id: int, phase: int) -> None:
+    def __init__(self, node_id: int, phase: float, period: float) -> None:
         self.id = node_id
-        self.phase = phase
+        self.period = period  # steps per tick: this node's clock rate
+        self.next_tick = phase  # the node ticks in the first step at or after this
         self.storage = SimStorage()
         self.raft: RaftNode | None = None
         self.app = KVApp()
@@ -199,6 +221,8 @@ class Simulator:
         self.p = Params.draw(self.rng)
         for k, v in overrides.items():
             setattr(self.p, k, v)
+        if "lease_drift_ticks" not in overrides:  # derived: keep it safe for what was set
+            self.p.lease_drift_ticks = lease_bound(self.p.election_ticks, self.p.clock_drift)
         self.node_cls = node_cls
         self.verbose = verbose
         self._log = log
@@ -227,6 +251,7 @@ class Simulator:
                 "transfers",
                 "compactions",
                 "elections",
+                "reads_at_once",
             )
         }
         # checker state
@@ -275,10 +300,14 @@ class Simulator:
             snapshot_chunk_bytes=p.snapshot_chunk_bytes,
             check_quorum=p.check_quorum,
             pre_vote=p.pre_vote,
+            lease_reads=p.lease_reads and p.check_quorum,
+            lease_drift_ticks=p.lease_drift_ticks,
         )
 
     def _add_node(self, node_id: int, peers: tuple[int, ...]) -> SimNode:
-        n = SimNode(node_id, self.rng.randrange(self.p.steps_per_tick))
+        spt = self.p.steps_per_tick
+        rate = 1 + self.rng.uniform(-self.p.clock_drift, self.p.clock_drift)
+        n = SimNode(node_id, self.step_no + self.rng.randrange(spt), spt * rate)
         n.peers = peers
         self.nodes[node_id] = n
         self.group[node_id] = 0
@@ -621,12 +650,12 @@ class Simulator:
         self.partition_until = -1
         self.trace("network healed")
 
-    def _pick_client_node(self) -> SimNode | None:
+    def _pick_client_node(self, p_anywhere: float = 0.2) -> SimNode | None:
         alive = self.alive_nodes()
         if not alive:
             return None
         hinted = self.nodes.get(self.leader_hint)
-        if hinted is not None and hinted.alive and self.rng.random() < 0.8:
+        if hinted is not None and hinted.alive and self.rng.random() >= p_anywhere:
             return hinted
         return self.rng.choice(alive)
 
@@ -648,7 +677,7 @@ class Simulator:
         self.process(n)
 
     def _client_read(self) -> None:
-        n = self._pick_client_node()
+        n = self._pick_client_node(self.p.p_read_anywhere)
         if n is None:
             return
         self.read_seq += 1
@@ -661,6 +690,8 @@ class Simulator:
         self.clock += 1
         self.pending_reads[ctx] = (n.id, n.incarnation, key, self.clock, self.max_commit)
         self.process(n)
+        if ctx not in self.pending_reads:  # no heartbeat round: a lease read
+            self.stats["reads_at_once"] += 1
 
     def _conf_change(self) -> None:
         ls = self.leaders()
@@ -758,9 +789,11 @@ class Simulator:
             n.raft.step(m)
             self.process(n)
         for n in list(self.nodes.values()):
-            if n.alive and (s + n.phase) % p.steps_per_tick == 0:
-                n.raft.tick()
-                self.process(n)
+            if n.next_tick <= s:
+                n.next_tick += n.period  # the clock runs while the node is down too
+                if n.alive:
+                    n.raft.tick()
+                    self.process(n)
         for n in list(self.nodes.values()):
             if n.alive and n.writing is not None and n.writing[1] <= s:
                 rd = n.writing[0]
