@@ -283,8 +283,8 @@ _METADATA_OPS = [
     Op("raft.status", {}, doc="this member's Raft role, term, commit and applied index"),
     Op(
         "raft.msg",
-        {"from": req(INT), "msgs": req(LIST)},
-        doc="Raft messages between peers",
+        {"from": req(INT), "msgs": req(LIST), "ep": opt(ENDPOINT)},
+        doc="Raft messages between peers (ep: the sender's endpoint, for a node that joins)",
         oneway=True,
     ),
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dfs import errors, paths
+import msgpack
+
+from dfs import errors, paths, wire
 from dfs.errors import DfsError
 from metadata import repair
 from metadata.inodes import M_MODE, M_REP, S_IFMT, S_IFREG, Dir, Inode, unpack_extents
@@ -103,6 +105,7 @@ class AdminOps:
             "now": time.monotonic(),  # the leader's clock, for last_seen ages
             "node": {"id": node.id, "endpoint": node.endpoint, **node.driver.status()},
             "peers": {str(k): v for k, v in node.peers.items()},
+            "voters": {str(k): v for k, v in node.driver.voters().items()},
             "chunkservers": servers,
             "registry": reg.summary(),
             "namespace": ns_stat,
@@ -330,11 +333,92 @@ class AdminOps:
             raise DfsError("EINVAL", str(exc)) from None
         return {"to": to, "endpoint": self.node.peers[to]}
 
-    def do_raft_add(self, a: dict[str, Any]) -> dict[str, Any]:
-        raise DfsError(
-            "ENOTSUP",
-            "raft membership changes are not available yet: the peers' endpoints are "
-            "configured on every node (--peers), and a change would need them in the log",
-        )
+    # ------------------------------------------------------------ membership
 
-    do_raft_remove = do_raft_add
+    DEFERRED_ACTIONS = ("raft_add", "raft_remove")  # answered once committed
+
+    def admin_deferred(self, action: str, a: dict[str, Any], reply: Callable[[Any], None]) -> None:
+        """raft_add / raft_remove: ``reply`` gets the result map or a DfsError once
+        the change is committed (or refused)."""
+        try:
+            node_id = a.get("node")
+            if isinstance(node_id, str) and node_id.isdigit():
+                node_id = int(node_id)
+            if type(node_id) is not int or node_id <= 0:
+                raise DfsError(
+                    "EINVAL", f"a metadata node id is a positive integer, not {node_id!r}"
+                )
+            if action == "raft_add":
+                self._raft_add(node_id, a.get("endpoint"), reply)
+            else:
+                self._raft_remove(node_id, reply)
+        except DfsError as exc:
+            reply(exc)
+
+    def _raft_add(self, node_id: int, endpoint: Any, reply: Callable[[Any], None]) -> None:
+        """Record the new member's endpoint in the log (with any voter's the
+        replicated map lacks), then add it as a voter (effective when appended)."""
+        driver = self.node.driver
+        try:
+            endpoint = wire.check_endpoint(endpoint)
+        except ValueError as exc:
+            raise DfsError("EINVAL", f"raft add: {exc}") from None
+        voters = driver.raft.voters
+        if node_id in voters:
+            known = driver.endpoint_of(node_id)
+            if known != endpoint:
+                raise DfsError("EEXIST", f"metadata node {node_id} is already a voter ({known})")
+            reply({"node": node_id, "endpoint": endpoint, "voters": list(voters), "already": True})
+            return
+        for v in voters:
+            if driver.endpoint_of(v) == endpoint:
+                raise DfsError("EEXIST", f"{endpoint} is already metadata node {v}")
+        replicated = self.node.machine.peers
+        sets = {str(v): driver.endpoint_of(v) for v in voters if v not in replicated}
+        sets = {k: ep for k, ep in sets.items() if ep}
+        sets[str(node_id)] = endpoint
+
+        def changed(result: Any) -> None:
+            if isinstance(result, DfsError):
+                reply(result)
+                return
+            log.info("metadata node %d (%s) added: voters %s", node_id, endpoint, result["voters"])
+            reply({"node": node_id, "endpoint": endpoint, **result})
+
+        def recorded(result: Any) -> None:
+            if isinstance(result, DfsError):
+                reply(result)
+            elif not result.get("ok"):
+                reply(DfsError(result.get("code", "EIO"), result.get("msg", "")))
+            else:
+                driver.propose_conf_change("add", node_id, changed)
+
+        self._propose_peers({"set": sets}, recorded)
+
+    def _raft_remove(self, node_id: int, reply: Callable[[Any], None]) -> None:
+        """Remove a voter. The leader may remove itself: once the change commits it
+        steps down and hands leadership to the most caught-up voter (TimeoutNow)."""
+        driver = self.node.driver
+        voters = driver.raft.voters
+        if node_id not in voters:
+            raise DfsError("ENOENT", f"metadata node {node_id} is not a voter {list(voters)}")
+        if len(voters) == 1:
+            raise DfsError("EINVAL", "cannot remove the last metadata node")
+        endpoint = driver.endpoint_of(node_id)
+
+        def changed(result: Any) -> None:
+            if isinstance(result, DfsError):
+                reply(result)
+                return
+            log.info("metadata node %d removed: voters %s", node_id, result["voters"])
+            if driver.is_leader:  # tidy the map; harmless if it never commits
+                self._propose_peers({"drop": [node_id]}, lambda _r: None)
+            reply({"node": node_id, "endpoint": endpoint, **result})
+
+        driver.propose_conf_change("remove", node_id, changed)
+
+    def _propose_peers(self, args: dict[str, Any], done: Callable[[Any], None]) -> None:
+        from metadata.server import PEERS_OP
+
+        cmd = {"op": PEERS_OP, "args": args, "client": None, "seq": None, "ts": time.time_ns()}
+        self.node.driver.propose(msgpack.packb(cmd, use_bin_type=True), done)

@@ -111,11 +111,12 @@ def _admin(c: Client, action: str, **args: Any) -> dict[str, Any]:
     return c.meta.call("md.admin", {"action": action, "args": args})
 
 
-def _node_statuses(c: Client) -> list[dict[str, Any]]:
-    """Every metadata endpoint's own Raft view (an unreachable node shows as down)."""
+def _node_statuses(c: Client, extra: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every metadata endpoint's own Raft view (an unreachable node shows as down);
+    ``extra``: endpoints beyond the configured ones (voters added since)."""
     out = []
     with RpcClient(security=c.config.security(), timeout=2.0) as rpc:
-        for ep in c.config.metadata:
+        for ep in dict.fromkeys([*c.config.metadata, *extra]):
             try:
                 out.append(rpc.call(ep, "md.node_status").fields)
             except DfsError as exc:
@@ -127,7 +128,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     c = _connect(a)
     try:
         st = c.status()
-        st["metadata_nodes"] = _node_statuses(c)
+        st["metadata_nodes"] = _node_statuses(c, [v for v in st.get("voters", {}).values() if v])
     finally:
         c.close()
     lead_commit = st.get("node", {}).get("commit", 0)
@@ -147,7 +148,9 @@ def _print_status(st: dict[str, Any]) -> None:
 
     con = Console()
     t = Table(title="metadata nodes")
-    for col in ("id", "endpoint", "role", "term", "commit", "applied", "lag"):
+    voters = st.get("voters") or {}
+    t.title = f"metadata nodes (voters: {', '.join(sorted(voters, key=int)) or '-'})"
+    for col in ("id", "endpoint", "role", "voter", "term", "commit", "applied", "lag"):
         t.add_column(
             col, justify="right" if col in ("term", "commit", "applied", "lag") else "left"
         )
@@ -156,6 +159,7 @@ def _print_status(st: dict[str, Any]) -> None:
             str(n.get("id", "-")),
             n.get("endpoint", "-").removeprefix("tcp://"),
             n.get("role", "-"),
+            "yes" if str(n.get("id")) in voters else "no",
             *(str(n.get(k, "-")) for k in ("term", "commit", "applied", "lag")),
         )
     con.print(t)
@@ -501,12 +505,44 @@ def cmd_raft_transfer(a: argparse.Namespace) -> int:
 
 
 def cmd_raft_member(a: argparse.Namespace) -> int:
+    """raft add ID ENDPOINT / raft remove ID: the leader answers once the change is
+    committed; a leader that is busy (another change underway) is asked again."""
+    if a.member_op == "add" and not a.endpoint:
+        print("dfs-admin: raft add needs the new node's ENDPOINT", file=sys.stderr)
+        return EXIT_USAGE
+    if not a.node.isdigit() or int(a.node) <= 0:
+        print("dfs-admin: a metadata node id is a positive integer", file=sys.stderr)
+        return EXIT_USAGE
+    args: dict[str, Any] = {"node": int(a.node)}
+    if a.member_op == "add":
+        args["endpoint"] = a.endpoint
     c = _connect(a)
     try:
-        _admin(c, f"raft_{a.member_op}", node=a.node)
+        r = _member_change(c, a.member_op, args, a.timeout)
     finally:
         c.close()
+    if a.json:
+        print(json.dumps(r, indent=2, default=str))
+    elif r.get("already"):
+        print(f"metadata node {r['node']} is already a voter ({r['endpoint']})")
+    else:
+        done = "added" if a.member_op == "add" else "removed"
+        print(
+            f"metadata node {r['node']} ({r.get('endpoint')}) {done} at log index {r['index']}; "
+            f"voters now {', '.join(map(str, r['voters']))}"
+        )
     return EXIT_OK
+
+
+def _member_change(c: Client, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _admin(c, f"raft_{op}", **args)
+        except DfsError as exc:
+            if exc.code != errors.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 # ---------------------------------------------------------------- parser
@@ -599,10 +635,21 @@ def build_parser() -> argparse.ArgumentParser:
     tl = rsub.add_parser("transfer-leader", help="hand leadership to another metadata node")
     tl.add_argument("--to", help="node id or endpoint (default: the most caught-up follower)")
     tl.set_defaults(fn=cmd_raft_transfer)
-    for name in ("add", "remove"):
-        x = rsub.add_parser(name, help=f"{name} a metadata node (not available yet)")
-        x.add_argument("node")
-        x.set_defaults(fn=cmd_raft_member, member_op=name)
+    ad = rsub.add_parser(
+        "add",
+        help="make a metadata node a voter (start it first: dfs-metadata --join --id ID ...)",
+    )
+    ad.add_argument("node", help="the new node's id")
+    ad.add_argument("endpoint", nargs="?", help="the new node's endpoint, e.g. tcp://10.0.0.4:7001")
+    rm = rsub.add_parser(
+        "remove", help="remove a metadata node from the voters (the leader too: it steps down)"
+    )
+    rm.add_argument("node", help="the node's id")
+    for x in (ad, rm):
+        x.add_argument("--timeout", type=float, default=30.0, help="seconds to keep trying")
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(fn=cmd_raft_member, member_op=x.prog.rsplit(" ", 1)[-1])
+    rm.set_defaults(endpoint=None)
     return p
 
 

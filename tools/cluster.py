@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import config
-from dfs.errors import DfsError
+from dfs.errors import NOT_LEADER, UNAVAILABLE, DfsError
 from dfs.rpc import RpcClient
 from dfs.security import Security
 from tools.procs import Proc, pid_alive, spawn
@@ -44,6 +44,8 @@ class LocalCluster:
     metadata_extra: list[str] = field(default_factory=list)
     chunkserver_extra: list[str] = field(default_factory=list)
     gc_grace: float | None = None  # shorthand for --gc-grace (tests use a short one)
+    founders: list[int] = field(default_factory=list)  # the bootstrap voters; others --join
+    removed: list[int] = field(default_factory=list)  # ids removed (never reused)
 
     @property
     def endpoints(self) -> list[str]:
@@ -61,6 +63,7 @@ class LocalCluster:
     def start(self, timeout: float = 30.0) -> LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.peers = {i: f"tcp://127.0.0.1:{free_port()}" for i in range(1, self.n_metadata + 1)}
+        self.founders = sorted(self.peers)
         for i in sorted(self.peers):
             self.start_metadata(i)
         self.wait_leader(timeout)
@@ -85,6 +88,7 @@ class LocalCluster:
             self.peers[node_id],
             "--peers",
             peers,
+            *(["--join"] if self.founders and node_id not in self.founders else []),
             *self._key_args(),
             *(["--gc-grace", str(self.gc_grace)] if self.gc_grace is not None else []),
             *self.metadata_extra,
@@ -120,6 +124,42 @@ class LocalCluster:
             self.save()
         return proc
 
+    def add_metadata(self, timeout: float = 30.0) -> Proc:
+        """Start a new metadata node (``--join``) and make it a voter: ``raft add``
+        on the leader, answered once the change is committed."""
+        node_id = max([*self.peers, *self.removed, 0]) + 1
+        self.peers[node_id] = f"tcp://127.0.0.1:{free_port()}"
+        proc = self.start_metadata(node_id)
+        self.admin("raft_add", {"node": node_id, "endpoint": self.peers[node_id]}, timeout)
+        self.save()
+        return proc
+
+    def remove_metadata(self, node_id: int, timeout: float = 30.0, stop: bool = True) -> None:
+        """``raft remove`` the node (the leader too: it hands over), then stop it."""
+        self.admin("raft_remove", {"node": node_id}, timeout)
+        if stop:
+            for p in [p for p in self.metadata if p.name == f"meta{node_id}"]:
+                p.stop(timeout=10)
+                self.metadata.remove(p)
+        self.peers.pop(node_id, None)
+        self.removed.append(node_id)
+        self.save()
+
+    def admin(self, action: str, args: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """``md.admin`` on the leader, retried while there is none or it is busy."""
+        deadline = time.monotonic() + timeout
+        with RpcClient(security=self.security(), timeout=min(timeout, 15.0)) as c:
+            while True:
+                st = self.status()
+                try:
+                    if st is None or not st.get("leader"):
+                        raise DfsError(UNAVAILABLE, "no metadata leader")
+                    return c.call(st["leader"], "md.admin", {"action": action, "args": args}).fields
+                except DfsError as exc:
+                    if exc.code not in (NOT_LEADER, UNAVAILABLE) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.2)
+
     def restart(self, proc: Proc) -> Proc:
         """Start a stopped/killed process again with the same data and address."""
         if proc.role == "metadata":
@@ -130,12 +170,16 @@ class LocalCluster:
 
     def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """``md.status`` from the current leader (None if there is none right now)."""
+        last = getattr(self, "_last_leader", None)
+        eps = ([last] if last in self.endpoints else []) + self.endpoints
         with RpcClient(security=self.security(), timeout=timeout) as c:
-            for ep in self.endpoints:
+            for ep in dict.fromkeys(eps):  # the last leader first: dead nodes cost a timeout
                 try:
-                    return c.call(ep, "md.status").fields
+                    st = c.call(ep, "md.status").fields
                 except DfsError:
                     continue
+                self._last_leader = ep
+                return st
         return None
 
     def leader(self, timeout: float = 15.0) -> Proc:
@@ -189,6 +233,8 @@ class LocalCluster:
             "chunkserver_args": self.chunkserver_args,
             "metadata_extra": self.metadata_extra,
             "gc_grace": self.gc_grace,
+            "founders": self.founders,
+            "removed": self.removed,
             "processes": [
                 {"role": p.role, "name": p.name, "pid": p.pid, "endpoint": p.endpoint}
                 for p in self.metadata + self.chunkservers
@@ -205,6 +251,8 @@ class LocalCluster:
         c.chunkserver_args = state.get("chunkserver_args", {})
         c.metadata_extra = state.get("metadata_extra", [])
         c.gc_grace = state.get("gc_grace")
+        c.founders = state.get("founders", [])
+        c.removed = state.get("removed", [])
         for p in state["processes"]:
             proc = Proc(p["role"], p["name"], dir / "run", p["pid"], p["endpoint"])
             (c.metadata if p["role"] == "metadata" else c.chunkservers).append(proc)

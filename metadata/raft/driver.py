@@ -31,7 +31,7 @@ from dfs import errors, rpc
 from dfs.errors import DfsError
 
 from .core import NotLeader, ProposalDropped, RaftConfig, RaftNode
-from .messages import EntryType, Message, Role
+from .messages import ConfChange, EntryType, Message, Role
 from .storage import RaftStorage
 
 log = logging.getLogger("dfs.raft")
@@ -74,9 +74,11 @@ class RaftDriver:
         tick: float = 0.03,
         election_ticks: int = 10,
         snapshot_every: int = 20_000,
+        join: bool = False,
     ) -> None:
         self.id = node_id
-        self.peers = dict(peers)
+        self.static_peers = dict(peers)  # --peers: a fallback directory of endpoints
+        self.learned: dict[int, str] = {}  # endpoints senders of raft.msg gave
         self.sm = sm
         self.sender = rpc.Sender(server.security, server.ctx)  # used on the loop only
         self.tick_interval = tick
@@ -87,7 +89,8 @@ class RaftDriver:
         if state.snapshot is not None and state.snapshot.data:
             sm.restore(state.snapshot.data)
             applied = state.snapshot.index
-        cfg = RaftConfig(peers=tuple(sorted(self.peers)), election_ticks=election_ticks)
+        self.bootstrap = _bootstrap_voters(Path(data_dir), self.static_peers, join)
+        cfg = RaftConfig(peers=self.bootstrap, election_ticks=election_ticks)
         self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
         self.last_snapshot = applied
         self._persisted_tv = (state.hard_state.term, state.hard_state.vote)
@@ -130,6 +133,9 @@ class RaftDriver:
             self.server.call_soon(fn)
 
     def _on_raft_msg(self, call: rpc.Call) -> Any:
+        ep, frm = call.fields.get("ep"), call.fields["from"]
+        if ep is not None and self.learned.get(frm) != ep:
+            self.learned[frm] = ep  # a node that joins learns its leader's address here
         for m in call.fields["msgs"]:
             try:
                 msg = Message.from_wire(m)
@@ -143,8 +149,45 @@ class RaftDriver:
     def is_leader(self) -> bool:
         return self.raft.role == Role.LEADER
 
+    def endpoint_of(self, node_id: int) -> str | None:
+        """The replicated peers map first, then --peers, then what the node told us."""
+        replicated = getattr(self.sm, "peers", None) or {}
+        return (
+            replicated.get(node_id) or self.static_peers.get(node_id) or self.learned.get(node_id)
+        )
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """Every metadata node we know an endpoint for (voters or not)."""
+        replicated = getattr(self.sm, "peers", None) or {}
+        return {**self.learned, **self.static_peers, **replicated}
+
+    def voters(self) -> dict[int, str | None]:
+        """The current voter set (the last configuration in the log) with endpoints."""
+        return {v: self.endpoint_of(v) for v in self.raft.voters}
+
+    def propose_conf_change(self, op: str, node_id: int, done: Done) -> None:
+        """Add or remove one voter; ``done`` gets {"voters": [...], "index": i} once
+        the change is committed, or a DfsError (on the loop)."""
+
+        def go() -> None:
+            try:
+                index, term = self.raft.propose_conf_change(op, node_id)
+            except NotLeader:
+                done(self.not_leader())
+                return
+            except ProposalDropped as exc:
+                done(DfsError(errors.UNAVAILABLE, f"membership change refused for now: {exc}"))
+                return
+            except ValueError as exc:
+                done(DfsError("EINVAL", str(exc)))
+                return
+            self.waiting[index] = _Waiting(term, done)
+
+        self._on_loop(go)
+
     def leader_endpoint(self) -> str | None:
-        return self.peers.get(self.raft.leader_id)
+        return self.endpoint_of(self.raft.leader_id)
 
     def not_leader(self, why: str = "not the metadata leader") -> DfsError:
         return DfsError(errors.NOT_LEADER, why, leader=self.leader_endpoint())
@@ -255,13 +298,22 @@ class RaftDriver:
         by_peer: dict[int, list[dict]] = defaultdict(list)
         for m in messages:
             by_peer[m.to].append(m.to_wire())
+        me = self.endpoint_of(self.id)
         for peer, msgs in by_peer.items():
-            ep = self.peers.get(peer)
+            ep = self.endpoint_of(peer)
             if ep is not None:  # one-way: Raft has its own acknowledgements and retries
-                self.sender.send(ep, "raft.msg", {"from": self.id, "msgs": msgs})
+                fields: dict[str, Any] = {"from": self.id, "msgs": msgs}
+                if me is not None:
+                    fields["ep"] = me
+                self.sender.send(ep, "raft.msg", fields)
 
     def _apply(self, entry: Any) -> None:
         waiting = self.waiting.pop(entry.index, None)
+        if entry.type == EntryType.CONF and waiting is not None and waiting.term == entry.term:
+            cc = ConfChange.decode(entry.data)
+            log.info("membership change committed at %d: voters %s", entry.index, cc.voters)
+            waiting.done({"ok": True, "index": entry.index, "voters": list(cc.voters)})
+            return
         if entry.type != EntryType.NORMAL or not entry.data:
             if waiting is not None:
                 waiting.done(self.not_leader("leadership changed"))
@@ -301,8 +353,41 @@ class RaftDriver:
 
     def status(self) -> dict[str, Any]:
         """Raft status with enums as names, so msgpack can carry it."""
-        return {
+        st = {
             k: (v.name.lower() if hasattr(v, "name") else v)
             for k, v in self.raft.status().items()
             if isinstance(v, (int, str, float, bool)) or hasattr(v, "name")
         }
+        st["voters"] = list(self.raft.voters)
+        return st
+
+
+BOOTSTRAP_FILE = "bootstrap.json"
+
+
+def _bootstrap_voters(data_dir: Path, peers: dict[int, str], join: bool) -> tuple[int, ...]:
+    """The founding voter set, fixed on a node's first start and kept in
+    ``bootstrap.json``: later starts ignore --peers for it, so a restart with
+    today's (longer) --peers never gives the core a wrong base configuration.
+    A node that joins (``join``) has none: it learns the configuration from
+    the leader. Data written before the file existed uses --peers, as it did."""
+    import json
+
+    path = data_dir / BOOTSTRAP_FILE
+    try:
+        return tuple(sorted(int(v) for v in json.loads(path.read_text())["voters"]))
+    except FileNotFoundError:
+        pass
+    voters = () if join else tuple(sorted(peers))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"voters": list(voters)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return voters
