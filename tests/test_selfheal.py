@@ -108,7 +108,9 @@ def stored_ids(c: LocalCluster) -> set[str]:
 
 
 def test_kill_chunkserver_heals_by_itself(tmp_path: Path) -> None:
-    with running(tmp_path) as c, dfs.connect(str(c.cluster_file)) as cl:
+    # copies are throttled so that the under-replicated window is long enough to see
+    slow = ["--repair-bandwidth", "0.25"]
+    with running(tmp_path, metadata_extra=slow) as c, dfs.connect(str(c.cluster_file)) as cl:
         files = write_files(cl, 200)
         code, r = admin_json(c, "fsck")
         assert code == 0 and r["ok"] and r["files"] == 200
