@@ -420,6 +420,108 @@ def test_deposed_leader_cannot_serve_reads() -> None:
         Cluster((1, 2, 3)).nodes[1].read_index(b"no leader known")
 
 
+def lease_cluster(node_cls: type[RaftNode] = RaftNode) -> Cluster:
+    """Three nodes with lease reads (E=10, lease 10-3 ticks), up for a while
+    (so the restart guard is over) and node 1 elected."""
+    cfg = RaftConfig(peers=(1, 2, 3), lease_reads=True, lease_drift_ticks=3)
+    c = Cluster((1, 2, 3), cfg, node_cls=node_cls)
+    for n in c.nodes.values():
+        n.ticks = cfg.election_ticks
+    c.elect(1)
+    return c
+
+
+def test_lease_reads_need_check_quorum() -> None:
+    with pytest.raises(ValueError):
+        RaftConfig(lease_reads=True, check_quorum=False)
+    with pytest.raises(ValueError):
+        RaftConfig(lease_reads=True, lease_drift_ticks=0)
+
+
+def test_lease_read_is_answered_without_a_heartbeat_round() -> None:
+    c = lease_cluster()
+    ld = c.nodes[1]
+    ld.read_index(b"early")  # no heartbeat of this term acknowledged yet: ReadIndex
+    c.process(1)
+    assert c.reads[1] == []
+    c.deliver()
+    assert [r.ctx for r in c.reads[1]] == [b"early"]
+    c.tick(times=1)  # a heartbeat round: the lease starts at its send tick
+    ld.propose(b"w")
+    c.deliver()
+    c.sent.clear()
+    ld.read_index(b"lease")
+    c.process(1)
+    assert [(r.ctx, r.index) for r in c.reads[1][1:]] == [(b"lease", ld.commit_index)]
+    assert not any(isinstance(m, Heartbeat) for m in c.sent)
+
+
+def test_lease_runs_out_election_ticks_minus_drift_after_the_send() -> None:
+    c = lease_cluster()
+    ld = c.nodes[1]
+    c.tick(times=1)
+    sent = ld.ticks  # the last heartbeat a quorum acknowledged was sent at this tick
+    c.isolate(1)
+    lease = c.cfg.election_ticks - c.cfg.lease_drift_ticks
+    served = []
+    for i in range(lease + 2):
+        ctx = b"r%d" % i
+        ld.read_index(ctx)
+        c.process(1)
+        if any(r.ctx == ctx for r in c.reads[1]):
+            served.append(ld.ticks)
+        c.tick([1])
+    assert ld.role == Role.LEADER
+    assert served == list(range(sent, sent + lease))
+    c.heal()
+    c.tick([1])  # the pending ReadIndex reads go through with the next heartbeat round
+    assert len(c.reads[1]) == lease + 2
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_transfer_gives_up_the_lease_for_the_rest_of_the_term(broken: bool) -> None:
+    from tests.raftsim.broken import LeaseThroughTransferNode
+
+    c = lease_cluster(LeaseThroughTransferNode if broken else RaftNode)
+    ld = c.nodes[1]
+    c.tick(times=1)
+    ld.transfer_leadership(2)  # 2 is up to date: TimeoutNow goes out at once
+    c.deliver(only=lambda m: not isinstance(m, TimeoutNow))  # ... and is lost
+    ld.read_index(b"during")
+    c.process(1)
+    # 2 may still get it and be elected past every follower's lease
+    assert (c.reads[1] == []) != broken
+    if broken:
+        return
+    c.tick(times=c.cfg.election_ticks + 1)  # the transfer is abandoned
+    assert ld.role == Role.LEADER and ld.lead_transferee == 0
+    assert [r.ctx for r in c.reads[1]] == [b"during"]  # by a heartbeat round
+    ld.read_index(b"after")
+    c.process(1)
+    assert [r.ctx for r in c.reads[1]] == [b"during"]  # still no lease this term
+    c.deliver()
+    assert [r.ctx for r in c.reads[1]] == [b"during", b"after"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_restarted_follower_honours_a_lease_it_may_have_acknowledged(broken: bool) -> None:
+    from tests.raftsim.broken import LeaseForgetOnRestartNode
+
+    c = lease_cluster(LeaseForgetOnRestartNode if broken else RaftNode)
+    ld = c.nodes[1]
+    c.tick(times=1)
+    ld.propose(b"w")
+    c.deliver()
+    c.isolate(1)  # the leader holds its lease, but cannot tell anyone any more
+    c.crash(2)
+    c.restart(2)
+    c.nodes[3].campaign()  # as if its election timeout ran out
+    c.deliver()
+    # 2 acknowledged 1's heartbeat just before its crash: if it voted now, 3
+    # could commit writes that 1 would not see while it serves lease reads
+    assert (c.nodes[3].role == Role.LEADER) == broken
+
+
 # ---------------------------------------------------------------- restart, wire
 
 

@@ -1,11 +1,15 @@
 """Deliberately broken Raft cores, to show that the checks bite.
 
-tests/test_raft_sim_bites.py asserts the simulator catches ``forget-vote``
-and ``unconfirmed-read`` within a fixed seed range; tests/test_raft_core.py
+tests/test_raft_sim_bites.py asserts the simulator catches ``forget-vote``,
+``unconfirmed-read``, ``lease-never-expires`` and ``lease-no-drift`` within a
+fixed seed range; tests/test_raft_core.py
 shows ``commit-old-term`` committing what the real core must not (Raft fig. 8).
 The others are caught only rarely by random runs (about 1 seed in 200 for
 ``commit-old-term-no-noop``; ``eager-self-commit`` needs a crash inside one
-fsync window) and are kept for manual hunting:
+fsync window) and are kept for manual hunting, as are the lease variants
+the random runs do not reach (``lease-from-ack``: the overshoot is one message
+delay, shorter than an election plus a commit; ``lease-through-transfer``,
+``lease-forget-on-restart``: tests/test_raft_core.py has scripted cases):
 ``python -m tests.raftsim 0 --count 500 --broken NAME``."""
 
 from __future__ import annotations

@@ -306,7 +306,9 @@ class Simulator:
 
     def _add_node(self, node_id: int, peers: tuple[int, ...]) -> SimNode:
         spt = self.p.steps_per_tick
-        rate = 1 + self.rng.uniform(-self.p.clock_drift, self.p.clock_drift)
+        # the extremes are where leases break: most nodes run at one of them
+        skew = self.rng.choice((-1.0, 1.0, self.rng.uniform(-1.0, 1.0)))
+        rate = 1 + skew * self.p.clock_drift
         n = SimNode(node_id, self.step_no + self.rng.randrange(spt), spt * rate)
         n.peers = peers
         self.nodes[node_id] = n
