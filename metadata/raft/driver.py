@@ -90,7 +90,18 @@ class RaftDriver:
             sm.restore(state.snapshot.data)
             applied = state.snapshot.index
         self.bootstrap = _bootstrap_voters(Path(data_dir), self.static_peers, join)
-        cfg = RaftConfig(peers=self.bootstrap, election_ticks=election_ticks)
+        # Lease reads: the leader answers reads without a heartbeat round for
+        # half an election timeout after a heartbeat a quorum acknowledged;
+        # followers refuse votes for a whole one. The other half covers tick
+        # granularity and the leader's tick count lagging real time between a
+        # timer and a read (loop work, an fsync); _tick keeps the leader's
+        # ticks caught up with time.monotonic across longer stalls.
+        cfg = RaftConfig(
+            peers=self.bootstrap,
+            election_ticks=election_ticks,
+            lease_reads=True,
+            lease_drift_ticks=election_ticks - election_ticks // 2,
+        )
         self.raft = RaftNode(node_id, cfg, state, random.Random(os.urandom(8)), applied=applied)
         self.last_snapshot = applied
         self._persisted_tv = (state.hard_state.term, state.hard_state.vote)
@@ -101,6 +112,7 @@ class RaftDriver:
         self._read_batch: list[tuple[Callable[[], Any], Done]] = []
         self._read_ctx = 0
         self._read_started = 0.0
+        self._tick_clock = time.monotonic()  # the time the core's tick count stands for
         self.tick_hooks: list[Callable[[float], None]] = []
         self.role_hooks: list[Callable[[Role], None]] = []
         server.route("raft.msg", self._on_raft_msg)
@@ -112,7 +124,8 @@ class RaftDriver:
         self._on_loop(lambda: self._propose(data, done))
 
     def read(self, fn: Callable[[], Any], done: Done) -> None:
-        """Run ``fn`` linearizably (after a ReadIndex round) and pass its result to ``done``."""
+        """Run ``fn`` linearizably (under the leader's lease, else after a ReadIndex
+        round) and pass its result to ``done``."""
 
         def queue_read() -> None:
             if not self.is_leader:
@@ -206,8 +219,25 @@ class RaftDriver:
     # ------------------------------------------------------------ on the loop
 
     def _tick(self) -> None:
-        self.raft.tick()
         now = time.monotonic()
+        n = 1
+        if self.raft.role == Role.LEADER:
+            # The lease is counted in the leader's ticks, so they must not fall
+            # behind real time when the loop stalls: run the ticks we missed
+            # (at most an election timeout's worth: by then any lease is over).
+            # A follower ticks once per timer, late if anything: it refuses
+            # votes a little longer, never shorter, than the leader assumes.
+            n = int((now - self._tick_clock) / self.tick_interval)
+            if n > self.raft.cfg.election_ticks:
+                n = self.raft.cfg.election_ticks
+                self._tick_clock = now
+            else:
+                self._tick_clock += n * self.tick_interval
+            n = max(n, 1)
+        else:
+            self._tick_clock = now
+        for _ in range(n):
+            self.raft.tick()
         for hook in self.tick_hooks:
             try:
                 hook(now)
