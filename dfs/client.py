@@ -103,7 +103,9 @@ class Metadata:
         while True:
             ep = self._leader or self._next_endpoint(tried)
             try:
-                return self.rpc.call(ep, op, fields, timeout=self.timeout).fields
+                fields_back = self.rpc.call(ep, op, fields, timeout=self.timeout).fields
+                self._leader = ep  # it answered: ask it first next time (not a dead node)
+                return fields_back
             except DfsError as exc:
                 last = exc
                 if exc.code == errors.NOT_LEADER:
