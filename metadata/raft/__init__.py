@@ -46,6 +46,15 @@ them): a leader whose term and vote are already on disk may send its messages
 before its own fsync (Raft thesis 10.2.1); a Ready that only moves the commit
 index need not be fsync'd.
 
+Lease reads (``RaftConfig(lease_reads=True)``): while the leader holds its
+lease, ``read_index`` is answered in the next Ready without a heartbeat round.
+The lease is counted in ticks, so the driver's ticks must follow real time: a
+leader must not tick slower than real time (after a stalled loop, run the
+ticks it missed before serving reads), a follower must not tick faster (never
+catch up: it would cut short the votes it refuses). ``lease_drift_ticks``
+covers the rest (see RaftConfig); metadata.raft.driver uses half an election
+timeout.
+
 Snapshots: after applying, call ``node.compact(applied_index,
 state_machine.snapshot())`` now and then; the snapshot comes back in a later
 Ready for storage (``install_snapshot`` False: do not restore it) and is kept
