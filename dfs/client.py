@@ -38,6 +38,7 @@ from dfs.rpc import RpcClient
 Progress = Callable[[int], None]  # called with a number of bytes just done
 
 UPLOAD_WINDOW_BYTES = 64 << 20  # chunk bytes in flight on upload
+FANOUT_MAX = 256 << 10  # chunks up to this size go to all replicas at once, not chained
 BATCH_CHUNKS = 16  # chunks per locate/place round trip
 READ_AHEAD = 6  # chunks fetched ahead on sequential reads
 META_DEADLINE = 30.0  # seconds a metadata call keeps retrying across leader changes
@@ -473,7 +474,7 @@ class Uploader:
         self.extents: list[list[Any]] = []
         self.stored: dict[str, list[str]] = {}  # chunk -> servers that acknowledged it
         self._batch: list[tuple[Future, bytes]] = []
-        self._inflight: deque[tuple[Future, str, bytes, list[str]]] = deque()
+        self._inflight: deque[tuple[list[Future], str, bytes, list[str]]] = deque()
         self._inflight_bytes = 0
 
     def add(self, chunk: bytes | memoryview) -> None:
@@ -503,21 +504,29 @@ class Uploader:
         self.client.stats.chunks_deduped += len(unique) - len(missing)
         if self.progress and deduped:
             self.progress(deduped)
+        rpc = self.client.rpc
         for (cid, data), chain in zip(missing, r["chains"]):
             # asynchronous: many chunks in flight on one connection, no thread each
-            fut = self.client.rpc.call_async(
-                chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
-            )
-            self._inflight.append((fut, cid, data, chain))
+            if len(data) <= FANOUT_MAX:  # small: to every replica at once, one hop
+                futs = [
+                    rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=30) for ep in chain
+                ]
+            else:  # big: once over our link, then down the chain of servers
+                futs = [
+                    rpc.call_async(
+                        chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
+                    )
+                ]
+            self._inflight.append((futs, cid, data, chain))
             self._inflight_bytes += len(data)
             while self._inflight_bytes > UPLOAD_WINDOW_BYTES:
                 self._wait_one()
 
     def _wait_one(self) -> None:
-        fut, cid, data, chain = self._inflight.popleft()
+        futs, cid, data, chain = self._inflight.popleft()
         self._inflight_bytes -= len(data)
         try:
-            servers = RpcClient.wait(fut).fields["stored"]
+            servers = [ep for f in futs for ep in RpcClient.wait(f).fields["stored"]]
             self.client.stats.chunks_sent += 1
             self.client.stats.bytes_sent += len(data)
         except DfsError as exc:
