@@ -31,7 +31,7 @@ LOCATION_TTL = 30.0  # seconds chunk locations are reused
 class ChunkCache:
     """Verified chunk bytes by id, least recently used out first."""
 
-    def __init__(self, client: Client, capacity: int, workers: int = 6) -> None:
+    def __init__(self, client: Client, capacity: int, workers: int = 8) -> None:
         self.client = client
         self.capacity = max(capacity, 8 << 20)
         self._mu = threading.Lock()
