@@ -289,6 +289,8 @@ MUTATIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "gid": (_ID, 0),
         "create": (_bool, True),
         "expect_version": (_VERSION, None),
+        "atime": (_time, None),
+        "mtime": (_time, None),
     },
     "gc_mark": {"chunk_ids": (_chunk_ids, REQ), "ts": (_TS, None)},
     "gc_expire": {"before_ts": (_TS, REQ), "limit": (_int(1, MAX_IDS), MAX_IDS)},
@@ -838,7 +840,7 @@ class Namespace:
 
     def _op_commit(self, a: dict, ts: int) -> dict:
         """commit(path, extents, size=None, mode=0o644, uid=0, gid=0, create=True,
-        expect_version=None) -> attrs, created.
+        expect_version=None, atime=None, mtime=None) -> attrs, created.
 
         Replaces a regular file's whole content at once. extents: [[chunk id hex or
         None (hole), length], ...]; size, if given, must equal their sum. A missing
@@ -860,6 +862,7 @@ class Namespace:
                 raise DfsError("ENOENT", f"{path}: no such file")
             data = pack_extents(exts, size)
             node = self._new_inode(d, name, S_IFREG | perm, a["uid"], a["gid"], ts, data, size)
+            self._commit_times(node, a, ts)
             return {"ok": True, "attrs": self.attrs(node), "created": True}
         if type(node) is Dir:
             raise DfsError("EISDIR", f"{path}: is a directory")
@@ -869,7 +872,21 @@ class Namespace:
             raise DfsError("ESTALE", f"{path}: version is {node.version}, expected {ev}")
         self._set_content(node, exts, size, ts)
         node.touch(ts)
+        self._commit_times(node, a, ts)
         return {"ok": True, "attrs": self.attrs(node), "created": False}
+
+    @staticmethod
+    def _commit_times(node: Inode, a: dict, ts: int) -> None:
+        """A commit may carry the times the writer set (tar, cp -p, rsync): one Raft
+        step instead of a commit and a setattr."""
+        if a["atime"] is None and a["mtime"] is None:
+            return
+        at, mt, ct = node.get_times()
+        if a["atime"] is not None:
+            at = ts if a["atime"] == NOW else a["atime"]
+        if a["mtime"] is not None:
+            mt = ts if a["mtime"] == NOW else a["mtime"]
+        node.set_times(at, mt, ct)
 
     def _op_gc_mark(self, a: dict, ts: int) -> dict:
         """gc_mark(chunk_ids, ts=cmd ts) -> marked: make the unreferenced ones

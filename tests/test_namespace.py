@@ -514,3 +514,47 @@ def test_restore_rejects_garbage() -> None:
 
 def test_default_session_timeout_is_an_hour() -> None:
     assert DEFAULT_SESSION_TIMEOUT == 3600 * 10**9
+
+
+def test_commit_carries_times() -> None:
+    """tar/cp -p set the times right after writing: one commit does both."""
+    from metadata.namespace import Namespace
+
+    ns = Namespace()
+    cid = "ab" * 32
+    r = ns.apply(
+        {
+            "op": "commit",
+            "args": {
+                "path": "/f",
+                "extents": [[cid, 10]],
+                "mtime": 1_000_000_000,
+                "atime": 2_000_000_000,
+            },
+            "client": None,
+            "seq": None,
+            "ts": 5_000_000_000,
+        }
+    )
+    assert r["ok"] and r["attrs"]["mtime"] == 1_000_000_000
+    assert r["attrs"]["atime"] == 2_000_000_000 and r["attrs"]["ctime"] == 5_000_000_000
+    r = ns.apply(
+        {
+            "op": "commit",
+            "args": {"path": "/f", "extents": [], "mtime": "now"},
+            "client": None,
+            "seq": None,
+            "ts": 6_000_000_000,
+        }
+    )
+    assert r["attrs"]["mtime"] == 6_000_000_000 and r["attrs"]["atime"] == 2_000_000_000
+    bad = ns.apply(
+        {
+            "op": "commit",
+            "args": {"path": "/f", "extents": [], "mtime": "yesterday"},
+            "client": None,
+            "seq": None,
+            "ts": 7_000_000_000,
+        }
+    )
+    assert not bad["ok"] and bad["code"] == "EINVAL"
