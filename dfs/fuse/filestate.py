@@ -438,6 +438,9 @@ class FileState:
             if self.new:  # lazy create: this commit makes the file, in one Raft step
                 a = self.attrs
                 args.update(mode=a["mode"] & 0o7777, uid=a["uid"], gid=a["gid"], expect_version=0)
+            for k in ("atime", "mtime"):  # times set while writing (tar, cp -p) ride along
+                if k in self.deferred:
+                    args[k] = self.deferred[k]
             meta = self.fs.client.meta
             try:
                 try:
@@ -463,6 +466,8 @@ class FileState:
             self.modified = False
             self.mtime_ns = None
             deferred, self.deferred = self.deferred, {}
+            deferred.pop("atime", None)  # the commit set them
+            deferred.pop("mtime", None)
             if was_new:
                 for k in ("mode", "uid", "gid"):  # the commit set these already
                     if deferred.get(k) == attrs[k] & (0o7777 if k == "mode" else -1):
