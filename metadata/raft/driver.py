@@ -238,6 +238,8 @@ class RaftDriver:
             self._tick_clock = now
         for _ in range(n):
             self.raft.tick()
+            if self.raft.role != Role.LEADER:
+                break  # stepped down (check-quorum): a follower does not catch up
         for hook in self.tick_hooks:
             try:
                 hook(now)
