@@ -188,8 +188,10 @@ def test_add_kill_remove_restart(tmp_path: Path, capsys) -> None:
         assert sorted(map(int, out["voters"])) == sorted(c.peers)
         assert all(n.get("voter") for n in out["metadata_nodes"])
         lead_id = c.wait_leader()["node"]["id"]
+        step("status ok")
         assert admin.main(["--cluster", file, "raft", "remove", str(lead_id)]) == 0
         assert f"metadata node {lead_id}" in capsys.readouterr().out
+        step("leader removed")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             st = c.status()
@@ -198,6 +200,7 @@ def test_add_kill_remove_restart(tmp_path: Path, capsys) -> None:
             time.sleep(0.1)
         assert st and st["node"]["id"] != lead_id
         assert lead_id not in {int(k) for k in st["voters"]}
+        step("new leader")
         # the CLI did the remove: stop the old leader as remove_metadata would
         for p in [p for p in c.metadata if p.name == f"meta{lead_id}"]:
             p.stop()
@@ -205,6 +208,7 @@ def test_add_kill_remove_restart(tmp_path: Path, capsys) -> None:
         c.save()
         for i in range(20):
             create(f"d{i:04d}")
+        step("old leader stopped, creates")
         client.close()
         client = connect(str(c.cluster_file), timeout=1.5)
         assert set(acked) <= set(client.listdir("/"))
