@@ -366,7 +366,8 @@ def test_admin_status_and_errors(tmp_path: Path) -> None:
         r = admin(c, "status")
         assert r.returncode == 0 and "metadata nodes" in r.stdout and "chunkservers" in r.stdout
         assert admin(c, "decommission", "tcp://127.0.0.1:1").returncode == 2  # no such server
-        assert admin(c, "raft", "add", "4").returncode == 1  # not available: says so
+        assert admin(c, "raft", "add", "4").returncode == 2  # needs the new node's endpoint
+        assert admin(c, "raft", "remove", "9").returncode == 2  # not a voter
         assert admin(c, "setrep", "2", "/s1").returncode == 0
         assert cl.stat("/s1")["rep"] == 2
         assert admin(c, "--help").returncode == 0
