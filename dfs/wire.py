@@ -64,10 +64,17 @@ def _check_chunk_ids(v: Any) -> list[str]:
     return [check_chunk_id(x) for x in v]
 
 
+_good_endpoints: set[str] = set()  # endpoints already seen valid (bounded below)
+
+
 def check_endpoint(v: Any) -> str:
     """Endpoints are tcp://host:port (or ipc/inproc, for tests)."""
+    if type(v) is str and v in _good_endpoints:
+        return v  # every Raft message names its sender: skip the regex
     if type(v) is not str or not _ENDPOINT.match(v):
         raise ValueError("expected an endpoint like tcp://127.0.0.1:7000")
+    if len(_good_endpoints) < 10_000:
+        _good_endpoints.add(v)
     return v
 
 

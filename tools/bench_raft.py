@@ -82,6 +82,12 @@ def load(rpc: RpcClient, ep: str, seconds: float, inflight: int) -> dict[str, An
     window: deque = deque()
     deadline = time.perf_counter() + seconds
     i = 0
+    if inflight == 1:  # one writer: the blocking call, as a synchronous client does
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            rpc.call(ep, "kv.put", {"key": f"k{i % 1000}", "value": VALUE})
+            lat.append(time.perf_counter() - t0)
+            i += 1
     while time.perf_counter() < deadline:
         while len(window) < inflight:
             window.append(

@@ -193,13 +193,13 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.KIND}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "entries":
+        for name, _type in _fields_of(type(self)):
+            v = getattr(self, name)
+            if name == "entries":
                 v = [e.to_wire() for e in v]
             elif isinstance(v, tuple):
                 v = list(v)
-            out[f.name] = v
+            out[name] = v
         return out
 
     @classmethod
@@ -207,27 +207,39 @@ class Message:
         return message_from_wire(w)
 
 
+_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, annotated type) of a message class's fields, computed once per class:
+    ``dataclasses.fields`` is too slow to call for every message."""
+    got = _FIELDS.get(cls)
+    if got is None:
+        got = _FIELDS[cls] = tuple((f.name, f.type) for f in fields(cls))
+    return got
+
+
 def message_from_wire(w: dict[str, Any]) -> Message:
     """Rebuild a message from its wire dict; raises ValueError on bad input."""
     try:
         cls = _REGISTRY[w["type"]]
         kw: dict[str, Any] = {}
-        for f in fields(cls):
-            v = w[f.name]
-            if f.name in ("entries", "voters") and not isinstance(v, (list, tuple)):
-                raise ValueError(f"{f.name} must be a list")
-            if f.name == "entries":
+        for name, ftype in _fields_of(cls):
+            v = w[name]
+            if name in ("entries", "voters") and not isinstance(v, (list, tuple)):
+                raise ValueError(f"{name} must be a list")
+            if name == "entries":
                 v = [Entry.from_wire(e) for e in v]
-            elif f.name == "voters":
+            elif name == "voters":
                 v = tuple(_int(x) for x in v)
-            elif f.type == "int":
+            elif ftype == "int":
                 v = _int(v)
-            elif f.type == "bool":
+            elif ftype == "bool":
                 if not isinstance(v, bool):
-                    raise ValueError(f"{f.name} must be a bool")
-            elif f.type == "bytes":
+                    raise ValueError(f"{name} must be a bool")
+            elif ftype == "bytes":
                 v = _bytes(v)
-            kw[f.name] = v
+            kw[name] = v
         return cls(**kw)
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f"malformed raft message: {e!r}") from e
