@@ -113,6 +113,9 @@ class Heartbeat:
             except DfsError as exc:
                 log.warning("metadata service: %s", exc.message)
                 self._registered = False
+            except Exception:  # never let the thread die: a silent server is declared dead
+                log.exception("heartbeat failed; registering again")
+                self._registered = False
             self._stop.wait(self.interval)
 
     def _register(self) -> None:

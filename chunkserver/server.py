@@ -352,9 +352,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Replace a small state file durably: temp, fsync, rename, fsync the directory."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ class Client:
     ) -> int:
         """Fetch to a temp file beside ``local`` and rename it into place at the end."""
         local = Path(local)
-        tmp = local.with_name(f".{local.name}.dfs-part-{os.getpid()}")
+        tmp = local.with_name(f".{local.name}.dfs-part-{uuid.uuid4().hex[:12]}")
         try:
             with open(tmp, "wb") as f:
                 n = self.download(remote, f, progress=progress)
@@ -523,48 +523,68 @@ class Uploader:
                 self._wait_one()
 
     def _wait_one(self) -> None:
+        """Wait for the oldest chunk; it counts only once ``rep`` servers have it
+        fsync'd (DESIGN.md's durability contract), else the missing copies are
+        placed again, and the upload fails if they cannot be made."""
         futs, cid, data, chain = self._inflight.popleft()
         self._inflight_bytes -= len(data)
-        try:
-            servers = [ep for f in futs for ep in RpcClient.wait(f).fields["stored"]]
-            self.client.stats.chunks_sent += 1
-            self.client.stats.bytes_sent += len(data)
-        except DfsError as exc:
-            if exc.code == errors.HASH_MISMATCH:
-                raise
-            # raises when no retry works: the upload fails before anything is committed
-            servers = self._put(cid, data, failed=list(chain), last=exc)
-        self.stored[cid] = servers
-        if self.progress:
-            self.progress(len(data))
-
-    def _put(self, cid: str, data: bytes, failed: list[str], last: DfsError) -> list[str]:
-        """Retry a chained put on a new placement that avoids the servers that failed."""
-        chain: list[str] = []
-        for attempt in range(4):
+        ok: list[str] = []
+        failed: list[str] = []
+        last: DfsError | None = None
+        for i, fut in enumerate(futs):
             try:
-                chain = self.client.place(1, self.rep, exclude=failed)[0]
-            except (DfsError, IndexError):
-                failed.clear()  # too few servers left to avoid them all: retry any
-                time.sleep(0.2 * (attempt + 1))
-                chain = self.client.place(1, self.rep)[0]
-            if not chain:
-                break
-            try:
-                reply = self.client.rpc.call(
-                    chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
-                )
-                self.client.stats.chunks_sent += 1
-                self.client.stats.bytes_sent += len(data)
-                return reply.fields["stored"]
+                ok.extend(RpcClient.wait(fut).fields["stored"])
             except DfsError as exc:
                 if exc.code == errors.HASH_MISMATCH:
                     raise
                 last = exc
-                failed.extend(chain)  # we cannot tell which link failed: avoid them all
+                got = [ep for ep in exc.details.get("stored") or () if isinstance(ep, str)]
+                ok.extend(got)  # a chain that broke part-way: these have it
+                if len(futs) > 1:
+                    failed.append(chain[i])
+                else:
+                    failed.append(chain[min(len(got), len(chain) - 1)])
+        ok = list(dict.fromkeys(ok))
+        if len(ok) < (self.rep or 1):
+            ok = self._complete(cid, data, ok, failed, last)
+        self.client.stats.chunks_sent += 1
+        self.client.stats.bytes_sent += len(data)
+        self.stored[cid] = ok
+        if self.progress:
+            self.progress(len(data))
+
+    def _complete(
+        self, cid: str, data: Any, ok: list[str], failed: list[str], last: DfsError | None
+    ) -> list[str]:
+        """Put the copies still missing on new servers (avoiding those that failed)."""
+        rep = self.rep or 1
+        for attempt in range(4):
+            need = rep - len(ok)
+            try:
+                targets = self.client.place(1, need, exclude=ok + failed)[0]
+            except (DfsError, IndexError) as exc:
+                last = exc if isinstance(exc, DfsError) else last
+                targets = []
+            rpc = self.client.rpc
+            futs = [rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=30) for ep in targets]
+            for ep, fut in zip(targets, futs):
+                try:
+                    ok.extend(RpcClient.wait(fut).fields["stored"])
+                except DfsError as exc:
+                    if exc.code == errors.HASH_MISMATCH:
+                        raise
+                    last = exc
+                    failed.append(ep)
+            ok = list(dict.fromkeys(ok))
+            if len(ok) >= rep:
+                return ok
+            time.sleep(0.2 * (attempt + 1))
+            if attempt == 1:
+                failed.clear()  # a server may have failed only for a moment
+        why = last.message if last else "not enough chunkservers"
         raise DfsError(
             errors.UNAVAILABLE,
-            f"could not store chunk {cid[:16]}...: {last.message if last else 'no chunkservers'}",
+            f"chunk {cid[:16]}... is on {len(ok)} of the {rep} servers it needs: {why}",
         )
 
 
@@ -700,6 +720,12 @@ class FileWriter(io.RawIOBase):
     def abort(self) -> None:
         """Drop what was written: nothing becomes visible."""
         super().close()
+
+    def __del__(self) -> None:
+        # a writer dropped without close() (an error, no ``with``) must not commit
+        # a partial file when it is collected: IOBase's finalizer would call close()
+        if not self.closed:
+            self.abort()
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is not None:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN = 64 * 1024  # frames smaller than this are cheaper to copy
 _inproc_ids = itertools.count()  # unique inproc names, even across id() reuse
+MAX_INBOUND_FRAME = wire.MAX_CHUNK_BYTES + wire.MAX_HEADER_BYTES + (1 << 20)
 DEFERRED = object()  # a handler's return value meaning "I will respond later"
 
 Handler = Callable[["Call"], Any]
@@ -119,6 +120,9 @@ class RpcServer:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)
         self.sock.setsockopt(zmq.SNDHWM, 10_000)
+        # a peer sending a frame far over the protocol's limits is disconnected by
+        # libzmq before it is buffered whole (frames just over get an E2BIG reply)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_FRAME)
         if security is not None:
             security.apply_server(self.sock, self.ctx)
         self.sock.bind(endpoint)
@@ -576,7 +580,10 @@ class RpcClient:
                     if sock is not self._wake:
                         self._read_replies(sock)
                 self._expire(poller)
+        except Exception:
+            log.exception("rpc client I/O thread failed")
         finally:
+            self._closed.set()  # later calls fail at once instead of waiting forever
             self._fail_all(DfsError(errors.UNAVAILABLE, "client closed"))
             for sock in self._socks.values():
                 sock.close(linger=0)
@@ -630,8 +637,8 @@ class RpcClient:
             parts: list[Frame] = [msg[0].bytes] + [f.buffer for f in msg[1:]]
             try:
                 reply = wire.decode_reply(parts)
-            except DfsError as exc:
-                log.warning("dropped an undecodable reply: %s", exc.message)
+            except Exception as exc:  # a bad reply must not kill the I/O thread
+                log.warning("dropped an undecodable reply: %s", exc)
                 continue
             with self._lock:
                 pending = self._pending.pop(reply.id, None)

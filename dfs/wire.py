@@ -437,7 +437,13 @@ def decode_reply(frames: Sequence[Frame]) -> Reply:
     err = header.get("err")
     if type(err) is not dict or type(err.get("code")) is not str:
         raise DfsError(errors.BAD_MESSAGE, "error reply without a code")
-    details = err.get("details") if type(err.get("details")) is dict else {}
+    raw = err.get("details") if type(err.get("details")) is dict else {}
+    # only plain keyword names: a peer's reply must not be able to break the call
+    details = {
+        k: v
+        for k, v in raw.items()
+        if type(k) is str and k.isidentifier() and k not in ("code", "message")
+    }
     return Reply(
         header["id"], False, error=DfsError(err["code"], str(err.get("msg", "")), **details)
     )

@@ -358,7 +358,9 @@ class MetadataNode:
                 "chains": placement.place(self.registry, count, rep, self.rng, exclude),
                 "rep": rep,
             }
-        have = {cid: eps for cid, eps in self._dedup_locations(ids).items() if eps}
+        # a chunk counts as present only with the copies this file needs: a writer
+        # must not rely on a single copy another file (of lower rep) left behind
+        have = {cid: eps for cid, eps in self._dedup_locations(ids).items() if len(eps) >= rep}
         missing = [cid for cid in dict.fromkeys(ids) if cid not in have]
         chains = placement.place(self.registry, len(missing), rep, self.rng, exclude)
         return {"chains": chains, "missing": missing, "have": have, "rep": rep}

@@ -98,3 +98,24 @@ def test_leader_killed_during_puts_never_shows_a_partial_file(own_cluster) -> No
             assert hashlib.sha256(client.read_bytes(name)).hexdigest() == digest
     finally:
         client.close()
+
+
+def test_put_needs_all_its_replicas(own_cluster) -> None:
+    """With one of three chunkservers dead, a 3-replica put fails clearly (and shows
+    nothing); a directory with replication 2 still takes writes."""
+    client = connect(str(own_cluster.cluster_file))
+    try:
+        client.mkdir("/two")
+        client.setrep("/two", 2)
+        own_cluster.chunkservers[0].kill()
+        own_cluster.wait_chunkservers(2, 30)
+        with pytest.raises(DfsError) as exc:
+            client.write_bytes("/three", os.urandom(2 << 20))
+        assert exc.value.code == "UNAVAILABLE" and "of the 3 servers" in exc.value.message
+        assert not client.exists("/three")
+        data = os.urandom(2 << 20)
+        client.write_bytes("/two/f", data)
+        assert client.stat("/two/f")["rep"] == 2
+        assert client.read_bytes("/two/f") == data
+    finally:
+        client.close()

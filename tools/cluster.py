@@ -9,6 +9,7 @@ those PIDs, and ``cluster.toml`` tells clients where the cluster is.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,28 @@ from tools.procs import Proc, pid_alive, spawn
 
 
 def free_port() -> int:
-    """A port the kernel just handed out (metadata peers must know ports up front)."""
-    with socket.socket() as s:
+    """A free port below the kernel's ephemeral range (metadata peers must know ports
+    up front, and a restarted server takes its port again: an outgoing connection
+    must not be able to grab it as its source port meanwhile)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # fall back to whatever the kernel hands out
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass

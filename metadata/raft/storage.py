@@ -136,7 +136,12 @@ class RaftStorage:
                 rec = msgpack.unpackb(body, raw=False)
                 self._apply_record(rec, state, seg)
             except Exception as exc:
-                return self._cut(seg, off, len(data), f"bad record ({exc})", last)
+                # the checksum held, so this is no torn write: cutting here would
+                # throw away records that were fsync'd and acknowledged
+                raise StorageCorrupt(
+                    f"WAL {seg.path.name} offset {off}: a checksummed record does not "
+                    f"apply ({exc}); refusing to start rather than lose it"
+                ) from exc
             if rec[0] in (_ENT, _SNAPMARK) and rec[1] == self._snap_index:
                 self._term_at_snap = rec[2]
             off += _REC.size + n
