@@ -139,10 +139,17 @@ def place(
         raise ValueError(f"rep must be >= 1, got {rep}")
     if count <= 0:
         return []
+    exclude = list(exclude)
     placer = Placer(registry, rng, exclude, margin)
     if not placer.candidates:
         if not placer.alive:
             raise DfsError(UNAVAILABLE, "no chunkserver is alive")
+        ex = set(exclude)
+        if all(s.endpoint in ex for s in placer.alive):
+            raise DfsError(
+                UNAVAILABLE,
+                f"no chunkserver left to use: all {len(placer.alive)} alive are excluded",
+            )
         raise DfsError("ENOSPC", f"no chunkserver has {margin} bytes free")
     chains = []
     for _ in range(count):

@@ -109,7 +109,7 @@ def test_cluster_up_and_down_via_dfs_admin(tmp_path: Path) -> None:
     d = tmp_path / "c"
     admin = [sys.executable, "-m", "tools.admin"]
     r = subprocess.run(
-        [*admin, "cluster", "up", "--dir", str(d), "--chunkservers", "2"],
+        [*admin, "cluster", "up", "--dir", str(d), "--chunkservers", "3"],
         capture_output=True,
         timeout=120,
     )
@@ -117,7 +117,7 @@ def test_cluster_up_and_down_via_dfs_admin(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         state = json.loads((d / "cluster.json").read_text())
         pids = [p["pid"] for p in state["processes"]]
-        assert len(pids) == 5
+        assert len(pids) == 6
         r = run(d / "cluster.toml", "put", "-", "/x", input=b"up")
         assert r.returncode == 0
         r = subprocess.run(
@@ -126,7 +126,7 @@ def test_cluster_up_and_down_via_dfs_admin(tmp_path: Path) -> None:
             timeout=60,
         )
         st = json.loads(r.stdout)
-        assert len(st["chunkservers"]) == 2
+        assert len(st["chunkservers"]) == 3
     finally:
         r = subprocess.run(
             [*admin, "cluster", "down", "--dir", str(d)], capture_output=True, timeout=60
