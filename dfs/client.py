@@ -109,6 +109,8 @@ class Metadata:
                 return fields_back
             except DfsError as exc:
                 last = exc
+                if self.rpc.closed:  # the client was closed: nothing to wait for
+                    raise
                 if exc.code == errors.NOT_LEADER:
                     hint = exc.details.get("leader")
                     self._leader = hint if isinstance(hint, str) and hint != ep else None

@@ -517,6 +517,10 @@ class RpcClient:
             self._direct_socks.append(sock)
         return sock
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     @staticmethod
     def wait(future: Future) -> Reply:
         try:

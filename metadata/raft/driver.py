@@ -285,7 +285,11 @@ class RaftDriver:
     def _process_ready(self) -> None:
         rd = self.raft.ready()
         early = self._may_send_before_persist(rd)
-        if early:  # a leader's appends go out while its own fsync runs (Raft thesis 10.2.1)
+        # a leader's new entries go out while its own fsync runs (Raft thesis 10.2.1);
+        # a leader's other messages (commit index, heartbeats) wait until its clients
+        # are answered, which is what their latency waits for
+        send_first = early and bool(rd.entries)
+        if send_first:
             self._send(rd.messages)
         if rd.must_sync():
             hs = rd.hard_state
@@ -299,7 +303,7 @@ class RaftDriver:
             self.storage.save(hs, rd.entries, rd.snapshot, rd.install_snapshot, sync=sync)
             if hs is not None:
                 self._persisted_tv = (hs.term, hs.vote)
-        if not early:
+        if not early:  # must follow persistence (votes, a follower's acks)
             self._send(rd.messages)
         if rd.install_snapshot and rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
@@ -312,6 +316,8 @@ class RaftDriver:
                     done(fn())
                 except DfsError as exc:
                     done(exc)
+        if early and not send_first:
+            self._send(rd.messages)
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role)
         self.raft.advance(rd)
