@@ -89,15 +89,21 @@ class Metadata:
         return s
 
     def call(
-        self, op: str, fields: dict[str, Any] | None = None, *, mutate: bool = False
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        *,
+        mutate: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Call the leader, following redirects and surviving a leader change."""
+        """Call the leader, following redirects and surviving a leader change
+        (retrying for ``deadline`` seconds, default the client's)."""
         fields = dict(fields or {})
         if mutate:
             client, seq = self._session()
             seq[0] += 1
             fields.update(client=client, seq=seq[0])  # a retry reuses the same seq
-        deadline = time.monotonic() + (self.deadline or META_DEADLINE)
+        deadline = time.monotonic() + (deadline or self.deadline or META_DEADLINE)
         tried: list[str] = []
         delay = 0.02
         last: DfsError | None = None
@@ -350,9 +356,11 @@ class Client:
             fields["dedup"] = True
         return self.meta.call("md.locate", fields)["locations"]
 
-    def place(self, count: int, rep: int, exclude: Iterable[str] = ()) -> list[list[str]]:
-        r = self.meta.call("md.place", {"count": count, "rep": rep, "exclude": list(exclude)})
-        return r["chains"]
+    def place(
+        self, count: int, rep: int, exclude: Iterable[str] = (), deadline: float | None = None
+    ) -> list[list[str]]:
+        fields = {"count": count, "rep": rep, "exclude": list(exclude)}
+        return self.meta.call("md.place", fields, deadline=deadline)["chains"]
 
     def report_bad(self, chunk: str, server: str) -> None:
         try:
@@ -563,7 +571,8 @@ class Uploader:
         for attempt in range(4):
             need = rep - len(ok)
             try:
-                targets = self.client.place(1, need, exclude=ok + failed)[0]
+                # a short deadline: "no server left" is an answer, not an outage
+                targets = self.client.place(1, need, exclude=ok + failed, deadline=2.0)[0]
             except (DfsError, IndexError) as exc:
                 last = exc if isinstance(exc, DfsError) else last
                 targets = []
