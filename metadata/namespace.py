@@ -126,7 +126,8 @@ def _time(name: str, v: Any) -> int | str:
     return v
 
 
-def _target(name: str, v: Any) -> str:
+def _utf8(name: str, v: Any, limit: int, too_long: str) -> str:
+    """A non-empty UTF-8 string without NUL of at most ``limit`` bytes."""
     if type(v) is not str or not v:
         raise _bad(name, "a non-empty string", v)
     if "\0" in v:
@@ -135,23 +136,17 @@ def _target(name: str, v: Any) -> str:
         n = len(v.encode("utf-8"))
     except UnicodeEncodeError:
         raise DfsError("EINVAL", f"{name} is not valid UTF-8")
-    if n > MAX_SYMLINK:
-        raise DfsError("ENAMETOOLONG", f"{name} longer than {MAX_SYMLINK} bytes")
+    if n > limit:
+        raise DfsError(too_long, f"{name} longer than {limit} bytes")
     return v
+
+
+def _target(name: str, v: Any) -> str:
+    return _utf8(name, v, MAX_SYMLINK, "ENAMETOOLONG")
 
 
 def _xname(name: str, v: Any) -> str:
-    if type(v) is not str or not v:
-        raise _bad(name, "a non-empty string", v)
-    if "\0" in v:
-        raise DfsError("EINVAL", f"{name} contains a NUL byte")
-    try:
-        n = len(v.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise DfsError("EINVAL", f"{name} is not valid UTF-8")
-    if n > MAX_XATTR_NAME:
-        raise DfsError("ERANGE", f"{name} longer than {MAX_XATTR_NAME} bytes")
-    return v
+    return _utf8(name, v, MAX_XATTR_NAME, "ERANGE")
 
 
 def _xvalue(name: str, v: Any) -> bytes:

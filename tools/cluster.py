@@ -18,9 +18,10 @@ from typing import Any
 
 from dfs import config
 from dfs.errors import NOT_LEADER, UNAVAILABLE, DfsError
+from dfs.process import pid_alive
 from dfs.rpc import RpcClient
 from dfs.security import Security
-from tools.procs import Proc, pid_alive, spawn
+from tools.procs import Proc, spawn
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
 from dfs.config import ClusterConfig, resolve
 from dfs.errors import DfsError
+from dfs.process import pid_alive
 
 log = logging.getLogger("dfs.fuse.mount")
 
@@ -180,27 +181,13 @@ def _daemonize(config: ClusterConfig, mp: str, log_file: Path, opts: dict[str, A
     while time.monotonic() < deadline:
         if is_dfs_mount(mp):
             return 0
-        if daemon_pid and not _alive(daemon_pid):
+        if daemon_pid and not pid_alive(daemon_pid):
             break
         time.sleep(0.05)
     print(f"dfs: mount on '{mp}' did not come up; see {log_file}", file=sys.stderr)
-    if daemon_pid and _alive(daemon_pid):
+    if daemon_pid and pid_alive(daemon_pid):
         os.kill(daemon_pid, signal.SIGTERM)
     return 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def _setup_logging(log_file: Path, also_stderr: bool) -> None:
@@ -335,9 +322,9 @@ def unmount(mp: str, timeout: float = 20.0) -> bool:
                 continue
     if pid:  # wait for the daemon to finish its last commits and exit
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
