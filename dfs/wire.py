@@ -208,6 +208,7 @@ NAMESPACE_MUTATIONS = [
     "removexattr",
     "setrep",
     "commit",
+    "batch",
 ]
 NAMESPACE_QUERIES = [
     "getattr",
@@ -231,7 +232,7 @@ _METADATA_OPS = [
     *(
         Op(
             f"md.{name}",
-            _COMMIT_FIELDS if name == "commit" else _MD_FIELDS,
+            _COMMIT_FIELDS if name in ("commit", "batch") else _MD_FIELDS,
             doc=f"namespace mutation {name}",
         )
         for name in NAMESPACE_MUTATIONS

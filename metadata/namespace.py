@@ -69,6 +69,7 @@ MAX_FILE_SIZE = 1 << 60  # bytes; larger sizes get EFBIG
 MAX_CHUNK_LEN = 64 << 20  # bytes of one chunk extent (as dfs.wire.MAX_CHUNK_BYTES)
 MAX_EXTENTS = 1 << 20  # extents in one commit
 MAX_IDS = 100_000  # chunk ids in one request
+MAX_BATCH = 4096  # ops in one batch (one log entry)
 MAX_XATTR_NAME = 255  # bytes
 MAX_XATTR_VALUE = 64 << 10  # bytes
 MAX_XATTRS = 1024  # names per inode
@@ -218,6 +219,29 @@ def _extents(name: str, v: Any) -> list[tuple[bytes | None, int]]:
     return out
 
 
+# what a client may group into one "batch" log entry: namespace changes, not GC
+BATCHABLE = frozenset(
+    {"mkdir", "create", "commit", "symlink", "mknod", "setattr", "setxattr", "link", "unlink"}
+)
+
+
+def _batch_ops(name: str, v: Any) -> list[tuple[str, Any]]:
+    """[{"op": name, "args": map}, ...]: each op's own arguments are checked when it
+    runs, so one bad op fails alone."""
+    if type(v) not in (list, tuple):
+        raise _bad(name, "a list of {op, args} maps", v)
+    if not 0 < len(v) <= MAX_BATCH:
+        raise DfsError("E2BIG" if v else "EINVAL", f"{name}: 1..{MAX_BATCH} ops")
+    out = []
+    for i, e in enumerate(v):
+        if type(e) is not dict or type(e.get("op")) is not str:
+            raise _bad(f"{name}[{i}]", "an {op, args} map", e)
+        if e["op"] not in BATCHABLE:
+            raise DfsError("EINVAL", f"{name}[{i}]: {e['op'][:40]!r} cannot be batched")
+        out.append((e["op"], e.get("args")))
+    return out
+
+
 _MODE = _int(0, 0o177777)
 _ID = _int(0, (1 << 32) - 1)
 _SIZE = _int(0, MAX_FILE_SIZE, "EFBIG")
@@ -287,6 +311,7 @@ MUTATIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "atime": (_time, None),
         "mtime": (_time, None),
     },
+    "batch": {"ops": (_batch_ops, REQ)},
     "gc_mark": {"chunk_ids": (_chunk_ids, REQ), "ts": (_TS, None)},
     "gc_expire": {"before_ts": (_TS, REQ), "limit": (_int(1, MAX_IDS), MAX_IDS)},
 }
@@ -882,6 +907,16 @@ class Namespace:
         if a["mtime"] is not None:
             mt = ts if a["mtime"] == NOW else a["mtime"]
         node.set_times(at, mt, ct)
+
+    def _op_batch(self, a: dict, ts: int) -> dict:
+        """batch(ops) -> results: many changes in one log entry (one Raft round and
+        one fsync for a whole directory tree of small files). Each op runs in order,
+        alone: one that fails (EEXIST, ENOENT...) leaves the others applied; the
+        results, one per op, say which."""
+        return {
+            "ok": True,
+            "results": [self._run(MUTATIONS, op, args, ts) for op, args in a["ops"]],
+        }
 
     def _op_gc_mark(self, a: dict, ts: int) -> dict:
         """gc_mark(chunk_ids, ts=cmd ts) -> marked: make the unreferenced ones

@@ -558,3 +558,47 @@ def test_commit_carries_times() -> None:
         }
     )
     assert not bad["ok"] and bad["code"] == "EINVAL"
+
+
+def test_batch_applies_each_op_alone(fs: NS) -> None:
+    """A batch is one log entry; each op succeeds or fails on its own, in order."""
+    c = cid(7)
+    r = fs.ok(
+        "batch",
+        ops=[
+            {"op": "mkdir", "args": {"path": "/d"}},
+            {"op": "commit", "args": {"path": "/d/a", "extents": [[c, 10]]}},
+            {"op": "mkdir", "args": {"path": "/d"}},  # EEXIST: the others stand
+            {"op": "commit", "args": {"path": "/nodir/b", "extents": []}},  # ENOENT
+            {"op": "symlink", "args": {"target": "a", "path": "/d/l"}},
+            {"op": "commit", "args": {"path": "/d/b", "extents": [[c, 10]], "mode": 0o600}},
+        ],
+    )
+    codes = [x.get("code") if not x["ok"] else "ok" for x in r["results"]]
+    assert codes == ["ok", "ok", "EEXIST", "ENOENT", "ok", "ok"]
+    assert fs.attrs("/d/a")["size"] == 10 and fs.attrs("/d/b")["mode"] & 0o777 == 0o600
+    assert fs.q("readlink", path="/d/l")["target"] == "a"
+    assert fs.q("chunk_refs", chunk_ids=[c])["counts"] == [2]
+
+
+def test_batch_exactly_once(fs: NS) -> None:
+    ops = [{"op": "create", "args": {"path": f"/f{i}"}} for i in range(3)]
+    first = fs("batch", client="c1", seq=1, ops=ops)
+    again = fs("batch", client="c1", seq=1, ops=ops)  # a retry: the same reply, no re-run
+    assert first == again and all(x["ok"] for x in first["results"])
+    assert fs("create", path="/f0", exclusive=True)["code"] == "EEXIST"
+
+
+@pytest.mark.parametrize(
+    "ops, code",
+    [
+        ([], "EINVAL"),
+        ("mkdir", "EINVAL"),
+        ([{"op": "batch", "args": {"ops": []}}], "EINVAL"),  # no nesting
+        ([{"op": "gc_expire", "args": {"before_ts": 1}}], "EINVAL"),  # GC is not a client op
+        ([{"op": 3}], "EINVAL"),
+        ([{"op": "create", "args": {"path": "/x"}}] * 5000, "E2BIG"),
+    ],
+)
+def test_batch_bad_input(fs: NS, ops: Any, code: str) -> None:
+    assert fs.err("batch", ops=ops) == code

@@ -126,6 +126,7 @@ def _valid_args(op: str) -> dict:
                    "uid": 1, "gid": 1, "create": True, "expect_version": 0},
         "gc_mark": {"chunk_ids": [CID], "ts": 5},
         "gc_expire": {"before_ts": 5, "limit": 10},
+        "batch": {"ops": [{"op": "mkdir", "args": {"path": "/n"}}]},
     }[op]  # fmt: skip
 
 
