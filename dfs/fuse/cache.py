@@ -27,6 +27,8 @@ FETCH_TIMEOUT = 4.0  # seconds one replica gets to answer a chunk get
 SUSPECT_FOR = 20.0  # seconds a replica that failed is tried last
 LOCATION_TTL = 30.0  # seconds chunk locations are reused
 
+Chunk = bytes | memoryview  # a chunk's bytes (a view of the received frame: no copy)
+
 
 class ChunkCache:
     """Verified chunk bytes by id, least recently used out first."""
@@ -35,7 +37,7 @@ class ChunkCache:
         self.client = client
         self.capacity = max(capacity, 8 << 20)
         self._mu = threading.Lock()
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._data: OrderedDict[str, Chunk] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[str, Future] = {}
         self._loc: dict[str, tuple[float, list[str]]] = {}
@@ -50,12 +52,17 @@ class ChunkCache:
 
     # ------------------------------------------------------------ cache
 
-    def put(self, cid: str, data: bytes) -> None:
+    def peek(self, cid: str) -> Chunk | None:
+        """The chunk if it is in memory, else None: the read fast path (no lock:
+        a dict lookup is atomic, and a stale LRU position only costs an early eviction)."""
+        return self._data.get(cid)
+
+    def put(self, cid: str, data: Chunk) -> None:
         """Remember a chunk we already hold (e.g. one just uploaded)."""
         with self._mu:
             self._insert(cid, data)
 
-    def _insert(self, cid: str, data: bytes) -> None:
+    def _insert(self, cid: str, data: Chunk) -> None:
         if cid in self._data:
             self._data.move_to_end(cid)
             return
@@ -67,7 +74,7 @@ class ChunkCache:
             _, old = self._data.popitem(last=False)
             self._bytes -= len(old)
 
-    def get(self, cid: str) -> bytes:
+    def get(self, cid: str) -> Chunk:
         """The chunk's bytes: from memory, or fetched (and verified) now."""
         with self._mu:
             data = self._data.get(cid)
@@ -117,6 +124,16 @@ class ChunkCache:
 
     # ------------------------------------------------------------ locations
 
+    def learn(self, locations: dict[str, list[str]]) -> None:
+        """Locations the metadata service sent along (file_chunks at open)."""
+        now = time.monotonic()
+        with self._mu:
+            for cid, eps in locations.items():
+                if eps:
+                    self._loc[cid] = (now, list(eps))
+            if len(self._loc) > 200_000:
+                self._loc.clear()
+
     def locate(self, cids: Iterable[str]) -> None:
         """Learn the replicas of these chunks in one round trip (the unknown ones)."""
         now = time.monotonic()
@@ -145,6 +162,9 @@ class ChunkCache:
         with self._mu:
             reps = list(self._loc[cid][1])
             suspect = {ep for ep, until in self._suspect.items() if until > now}
+        if reps and not refresh:  # spread a file's chunks over their replicas
+            k = int(cid[:8], 16) % len(reps)
+            reps = reps[k:] + reps[:k]
         if refresh:  # locations are soft state and lag new uploads: ask every server too
             reps += [ep for ep in self._all_servers() if ep not in reps]
         return [r for r in reps if r not in suspect] + [r for r in reps if r in suspect]
@@ -164,7 +184,7 @@ class ChunkCache:
 
     # ------------------------------------------------------------ fetching
 
-    def fetch(self, cid: str) -> bytes:
+    def fetch(self, cid: str) -> Chunk:
         """One chunk from the first replica that returns the right bytes."""
         tried: set[str] = set()
         last: DfsError | None = None
@@ -184,9 +204,7 @@ class ChunkCache:
                         with self._mu:
                             self._suspect[ep] = time.monotonic() + SUSPECT_FOR
                     continue
-                data = reply.frames[0]
-                if not isinstance(data, bytes):
-                    data = bytes(data)
+                data = reply.frames[0]  # bytes, or a view of the zmq frame (kept, not copied)
                 if hashlib.sha256(data).hexdigest() != cid:
                     self.client.stats.bad_replicas += 1
                     self.client.report_bad(cid, ep)

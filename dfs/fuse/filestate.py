@@ -29,12 +29,13 @@ from dfs import errors
 from dfs.chunking import split_buffer
 from dfs.client import Client, Uploader
 from dfs.errors import DfsError
-from dfs.fuse.cache import ChunkCache
+from dfs.fuse.cache import Chunk, ChunkCache
 
 log = logging.getLogger("dfs.fuse.file")
 
 SEAL_BYTES = 16 << 20  # dirty bytes of one file that start a background upload
 READAHEAD_CHUNKS = 12  # chunks fetched ahead of a sequential reader
+NEAR = 4 << 20  # a read this close past the last one still counts as sequential
 SMALL_CHUNK = 1 << 20  # a file's only new chunk below this skips dedup and batch placement
 CHAIN_POOL = 64  # placements fetched at once for small files
 
@@ -174,6 +175,7 @@ class FileState:
         self.modified = False
         self.mtime_ns: int | None = None
         self._last_read_end = 0
+        self._ra_index = -1  # extent whose readahead was started last
         # a file created on this mount and not committed yet (lazy create): the
         # first commit creates it, with these owner/mode bits
         self.new = False
@@ -209,7 +211,7 @@ class FileState:
             self.size = size
             self.version = version
 
-    def _chunk_bytes(self, ref: Ref) -> bytes:
+    def _chunk_bytes(self, ref: Ref) -> Chunk:
         if isinstance(ref, Pending):
             data = ref.data
             if data is not None:
@@ -223,6 +225,54 @@ class FileState:
     # ------------------------------------------------------------ reading
 
     def read(self, off: int, n: int) -> bytes:
+        out = bytearray(max(0, min(n, self.size - off)))
+        got = self.read_into(off, n, memoryview(out))
+        return bytes(out[:got])
+
+    def read_into(self, off: int, n: int, dst: memoryview) -> int:
+        """Copy bytes [off, off+n) into ``dst``; returns how many. When every chunk
+        involved is cached this is a slice copy per chunk, straight into ``dst``."""
+        with self.mu:
+            end = min(self.size, off + n)
+            if off >= end:
+                return 0
+            if not self._starts and end <= self.base:
+                offs, ext, peek = self.offs, self.ext, self.fs.cache.peek
+                i = bisect.bisect_right(offs, off) - 1
+                first = i
+                views = []
+                pos = off
+                while pos < end:
+                    ref, length = ext[i]
+                    s = offs[i]
+                    data = peek(ref) if type(ref) is str else None
+                    if data is None:
+                        break
+                    hi = min(end, s + length)
+                    views.append((pos - off, memoryview(data)[pos - s : hi - s]))
+                    pos = hi
+                    i += 1
+                if pos >= end:
+                    if first != self._ra_index:
+                        self._readahead(first, off)
+                    self._last_read_end = end
+                    for at, v in views:
+                        dst[at : at + len(v)] = v
+                    return end - off
+        data = self._read_slow(off, n)
+        dst[: len(data)] = data
+        return len(data)
+
+    def _readahead(self, i: int, off: int) -> None:
+        """A sequential reader reached extent ``i``: start fetching the next ones."""
+        self._ra_index = i
+        if off > self._last_read_end + NEAR and off != 0:
+            return  # a jump: not sequential (yet)
+        ahead = [r for r, _n in self.ext[i + 1 : i + 1 + READAHEAD_CHUNKS] if type(r) is str]
+        if ahead:
+            self.fs.cache.prefetch(ahead)
+
+    def _read_slow(self, off: int, n: int) -> bytes:
         with self.mu:
             end = min(self.size, off + n)
             if off >= end:
@@ -241,16 +291,18 @@ class FileState:
                 i += 1
             ahead: list[str] = []
             if off <= self._last_read_end <= off + n or off == 0:
+                self._ra_index = i - 1
                 for ref, _n in self.ext[i : i + READAHEAD_CHUNKS]:
                     if isinstance(ref, str):
                         ahead.append(ref)
             self._last_read_end = end
             overlay = self._dirty_overlay(off, end)
-        cids = [r for _d, r, _l, _h in pieces if isinstance(r, str)]
+        cache = self.fs.cache
+        cids = [r for _d, r, _l, _h in pieces if isinstance(r, str) and cache.peek(r) is None]
         if cids or ahead:
-            self.fs.cache.locate(cids + ahead)
+            cache.locate(cids + ahead)
         if ahead:
-            self.fs.cache.prefetch(ahead)
+            cache.prefetch(ahead)
         out = bytearray(end - off)
         for dst, ref, lo, hi in pieces:
             data = self._chunk_bytes(ref)
