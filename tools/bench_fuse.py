@@ -7,7 +7,8 @@ Targets, each measured the same way:
   dfs          ``dfs mount`` of a fresh local cluster (3 metadata nodes, 3 chunkservers,
                3 replicas)
 
-Figures: sequential write of SIZE MiB of random data (dd bs=1M, conv=fsync),
+Figures: sequential write of SIZE MiB of random data (dd bs=1M, conv=fsync;
+local also writes 3 fsync'd copies at once, the ceiling of 3 replicas on one disk),
 sequential read after a remount (local: after dropping the page cache),
 untar of a real source tree (the Python stdlib) in files/s, and creates,
 stats and unlinks per second of empty files.
@@ -142,6 +143,32 @@ def dd(src: str, dst: str, sync: bool) -> None:
     subprocess.run(args, check=True)
 
 
+def write_copies(source: Path, root: Path, copies: int = 3) -> float:
+    """MB/s of writing ``source`` ``copies`` times at once, each fsync'd: what
+    three replicas on this one disk allow (the ceiling of a replicated write)."""
+    size = source.stat().st_size
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                "dd",
+                f"if={source}",
+                f"of={root / f'copy{i}.bin'}",
+                "bs=1M",
+                "conv=fsync",
+                "status=none",
+            ]
+        )
+        for i in range(copies)
+    ]
+    for p in procs:
+        p.wait()
+    mbps = size / 1e6 / (time.perf_counter() - t0)
+    for i in range(copies):
+        (root / f"copy{i}.bin").unlink()
+    return mbps
+
+
 def drop_caches() -> None:
     try:
         subprocess.run(["sync"], check=False)
@@ -246,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             results["local"] = measure(
                 "local", local, source, tarball, n_tar, a.files, lambda: drop_caches()
             )
+            results["local"]["write_3copies_MBps"] = write_copies(source, local)
+            print(
+                f"  local, 3 fsync'd copies at once: {results['local']['write_3copies_MBps']:,.0f}"
+                " MB/s",
+                file=sys.stderr,
+            )
         if "passthrough" in targets:
             back, mp = work / "pt-back", work / "pt-mnt"
             back.mkdir()
@@ -292,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if "dfs" in results and "passthrough" in results:
         d, p = results["dfs"], results["passthrough"]
         results["ratios_vs_passthrough"] = {k: d[k] / p[k] for k in d if p.get(k)}
+    if "dfs" in results and "local" in results:
+        cap = results["local"]["write_3copies_MBps"]
+        results["dfs_write_vs_3copies"] = results["dfs"]["write_MBps"] / cap
     if a.json:
         print(json.dumps(results, indent=2))
     else:
@@ -301,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'':20}" + "".join(f"{n:>14}" for n in names))
         for k in keys:
             print(f"{k:20}" + "".join(f"{results[n][k]:>14,.0f}" for n in names))
+        if "local" in results:
+            print(f"{'write, 3 copies':20}{results['local']['write_3copies_MBps']:>14,.0f}")
+        for k, v in (results.get("ratios_vs_passthrough") or {}).items():
+            print(f"dfs / passthrough {k}: {v:.2f}")
+        if "dfs_write_vs_3copies" in results:
+            print(f"dfs write / 3 fsync'd local copies: {results['dfs_write_vs_3copies']:.2f}")
     return 0
 
 

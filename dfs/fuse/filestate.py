@@ -45,8 +45,8 @@ class Pending:
 
     __slots__ = ("cid", "data", "done", "error", "length", "servers")
 
-    def __init__(self, data: bytes) -> None:
-        self.data: bytes | None = data
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data: bytes | memoryview | None = data
         self.length = len(data)
         self.cid: str | None = None
         self.servers: list[str] = []  # where it was stored (empty: deduplicated)
@@ -408,7 +408,9 @@ class FileState:
             kept = self._splice(a, buf, holdback=at_eof and not final, small=small)
             if kept:
                 self._starts.append(a + len(buf) - kept)
-                self._bufs.append(buf[len(buf) - kept :])
+                # all kept: nothing views buf, keep it; else copy the tail out of
+                # the buffer that the new chunks now view
+                self._bufs.append(buf if kept == len(buf) else buf[len(buf) - kept :])
                 self.dirty_bytes += kept
 
     def _splice(self, a: int, data: bytearray, holdback: bool, small: bool = False) -> int:
@@ -434,8 +436,10 @@ class FileState:
             else:
                 tail = memoryview(self._chunk_bytes(ref))[b - s : n]
                 suffix = ext[j + 1 :]
-        content = bytes(data) + bytes(tail) if tail else bytes(data)
-        cuts = [bytes(v) for v in split_buffer(content, self.fs.client.chunking)]
+        # the sealed buffer is no longer in the dirty set, so nothing changes it
+        # again: chunks are views of it, not copies
+        content = bytes(data) + bytes(tail) if tail else data
+        cuts = list(split_buffer(content, self.fs.client.chunking))
         kept = 0
         if holdback and not tail and b >= self.base:
             if len(cuts) <= 1:
