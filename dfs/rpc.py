@@ -46,14 +46,16 @@ DEFERRED = object()  # a handler's return value meaning "I will respond later"
 Handler = Callable[["Call"], Any]
 
 
-@dataclass
 class Call:
     """One request being served: the parsed request plus how to answer it."""
 
-    request: Request
-    peer: bytes
-    _server: RpcServer
-    _done: bool = False
+    __slots__ = ("_done", "_server", "peer", "request")
+
+    def __init__(self, request: Request, peer: bytes, server: RpcServer, done: bool = False):
+        self.request = request
+        self.peer = peer
+        self._server = server
+        self._done = done
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -113,6 +115,7 @@ class RpcServer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
+        self._loop_ident: int | None = None
         self._local = threading.local()
         self._inproc = f"inproc://{name}-replies-{os.getpid()}-{next(_inproc_ids)}"
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -157,7 +160,7 @@ class RpcServer:
             self._push([b""])  # a one-frame message only wakes the loop
 
     def on_loop(self) -> bool:
-        return threading.get_ident() == getattr(self, "_loop_ident", None)
+        return threading.get_ident() == self._loop_ident
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run blocking work on the server's pool."""
@@ -239,29 +242,28 @@ class RpcServer:
             except zmq.Again:
                 return
             if len(msg) > 1:  # one frame: a call_soon wake-up
-                self._send_now(msg)
+                self._send_now(msg[0], msg[1:])
 
     def _drain_requests(self) -> None:
+        sock = self.sock
         for _ in range(1000):
             try:
-                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                peer = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._dispatch(msg)
+            self._dispatch(peer, _recv_rest(sock))
 
-    def _dispatch(self, msg: list[zmq.Frame]) -> None:
-        peer = msg[0].bytes
-        parts: list[Frame] = [msg[1].bytes] + [f.buffer for f in msg[2:]] if len(msg) > 1 else []
+    def _dispatch(self, peer: bytes, parts: list[Frame]) -> None:
         try:
             request = wire.decode_request(parts)
         except DfsError as exc:
             # without a readable request id the error goes back under id 0
             req_id = exc.details.pop("request_id", 0)
             log.warning("%s: bad request from peer: %s", self.name, exc.message)
-            self._send_now([peer, *wire.encode_error(req_id, exc)])
+            self._send_now(peer, wire.encode_error(req_id, exc))
             return
         route = self._routes.get(request.op)
-        call = Call(request, peer, self, _done=wire.OPS[request.op].oneway)
+        call = Call(request, peer, self, wire.OPS[request.op].oneway)
         if route is None:
             call.fail(DfsError(errors.UNKNOWN_OP, f"{self.name} does not serve {request.op}"))
         elif route.blocking:
@@ -290,8 +292,8 @@ class RpcServer:
 
     def _send(self, peer: bytes, frames: list[Frame]) -> None:
         """Send from any thread: directly on the loop, else via the inproc queue."""
-        if self.on_loop():
-            self._send_now([peer, *frames])
+        if threading.get_ident() == self._loop_ident:
+            self._send_now(peer, frames)
         else:
             self._push([peer, *frames])
 
@@ -305,9 +307,9 @@ class RpcServer:
             self._local.push = push
         push.send_multipart(frames, copy=False)
 
-    def _send_now(self, frames: Sequence[Any]) -> None:
+    def _send_now(self, peer: Any, frames: Sequence[Any]) -> None:
         try:
-            self.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            _send_frames(self.sock, frames, zmq.NOBLOCK, peer)
         except zmq.Again:
             log.warning("%s: reply dropped, peer queue full", self.name)
         except zmq.ZMQError as exc:
@@ -332,7 +334,7 @@ class Sender:
         if sock is None:
             sock = self._socks[endpoint] = _dealer(self.ctx, endpoint, self.security)
         try:
-            sock.send_multipart(wire.encode_request(0, op, fields), flags=zmq.NOBLOCK)
+            sock.send(wire.encode_request(0, op, fields)[0], zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -355,6 +357,41 @@ def _dealer(ctx: zmq.Context, endpoint: str, security: Security | None) -> zmq.S
         security.apply_client(sock)
     sock.connect(endpoint)
     return sock
+
+
+def _recv_rest(sock: zmq.Socket) -> list[Frame]:
+    """The rest of a multipart message whose first frame was just read: the next
+    (a header) as bytes, data frames as zero-copy buffers. Cheaper than
+    recv_multipart, which builds a zmq.Frame per part and reads RCVMORE through
+    a property: this path runs for every request and reply."""
+    if not sock.getsockopt(zmq.RCVMORE):
+        return []
+    parts: list[Frame] = [sock.recv()]
+    while sock.getsockopt(zmq.RCVMORE):
+        parts.append(sock.recv(copy=False).buffer)
+    return parts
+
+
+def _recv_rest_data(sock: zmq.Socket) -> list[Frame]:
+    """Data frames after a header (RCVMORE already true): zero-copy buffers."""
+    parts: list[Frame] = [sock.recv(copy=False).buffer]
+    while sock.getsockopt(zmq.RCVMORE):
+        parts.append(sock.recv(copy=False).buffer)
+    return parts
+
+
+def _send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int, first: Any = None) -> None:
+    """Send ``[first, *frames]`` as one message; small frames are copied (cheaper
+    than tracking a zero-copy buffer), big ones go zero-copy."""
+    last = len(frames) - 1
+    if first is not None:
+        sock.send(first, flags | (zmq.SNDMORE if last >= 0 else 0))
+    for i, frame in enumerate(frames):
+        more = zmq.SNDMORE if i < last else 0
+        if isinstance(frame, bytes) and len(frame) < ZERO_COPY_MIN:
+            sock.send(frame, flags | more)
+        else:
+            sock.send(frame, flags | more, copy=False)
 
 
 # ---------------------------------------------------------------- client
@@ -487,29 +524,44 @@ class RpcClient:
         req_id = next(self._ids)
         msg = wire.encode_request(req_id, op, fields, frames)
         socks = self._local.get().setdefault("direct", {})
-        sock = socks.get(endpoint)
-        if sock is None:
-            sock = socks[endpoint] = self._new_dealer(endpoint)
-        for i, frame in enumerate(msg):
-            more = zmq.SNDMORE if i < len(msg) - 1 else 0
-            sock.send(frame, more, copy=len(frame) < ZERO_COPY_MIN)
+        got = socks.get(endpoint)
+        if got is None:
+            got = socks[endpoint] = [self._new_dealer(endpoint), -1]
+        sock = got[0]
+        # a blocking recv with RCVTIMEO costs one call where poll + recv cost two;
+        # the option is set only when the wait changes
+        wait_ms = int(timeout * 1000) + 1
+        if got[1] != wait_ms:
+            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            got[1] = wait_ms
         deadline = time.monotonic() + timeout
+        _send_frames(sock, msg, 0)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+            try:
+                parts: list[Frame] = [sock.recv()]
+            except zmq.Again:
                 # drop the socket: whatever it still queues for a dead peer goes with it
                 del socks[endpoint]
                 sock.close(linger=0)
-                raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}")
-            parts = sock.recv_multipart(copy=False)
+                raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}") from None
+            if sock.getsockopt(zmq.RCVMORE):
+                parts.extend(_recv_rest_data(sock))
             try:
-                reply = wire.decode_reply([parts[0].bytes] + [f.buffer for f in parts[1:]])
+                reply = wire.decode_reply(parts)
             except DfsError as exc:
                 log.warning("dropped an undecodable reply: %s", exc.message)
-                continue
-            if reply.id == req_id:
+                reply = None
+            if reply is not None and reply.id == req_id:
                 return reply.raise_for_error()
-            # a late reply to an earlier call that timed out: ignore it
+            # a late reply to an earlier call that timed out: wait for ours
+            left = deadline - time.monotonic()
+            wait_ms = max(1, int(left * 1000) + 1)
+            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            got[1] = wait_ms
+            if left <= 0:
+                del socks[endpoint]
+                sock.close(linger=0)
+                raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}")
 
     def _new_dealer(self, endpoint: str) -> zmq.Socket:
         sock = _dealer(self.ctx, endpoint, self.security)
@@ -618,11 +670,8 @@ class RpcClient:
                 out = self._outbox.popleft()
                 self._pending[out.req_id] = out.pending
             sock = self._socket_for(out.endpoint, poller)
-            frames = out.frames
             try:
-                for i, frame in enumerate(frames):
-                    more = zmq.SNDMORE if i < len(frames) - 1 else 0
-                    sock.send(frame, more | zmq.NOBLOCK, copy=len(frame) < ZERO_COPY_MIN)
+                _send_frames(sock, out.frames, zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 # a full queue to a dead peer: fail fast instead of blocking the loop
                 with self._lock:
@@ -635,10 +684,11 @@ class RpcClient:
     def _read_replies(self, sock: zmq.Socket) -> None:
         while True:
             try:
-                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts: list[Frame] = [sock.recv(zmq.NOBLOCK)]
             except zmq.Again:
                 return
-            parts: list[Frame] = [msg[0].bytes] + [f.buffer for f in msg[1:]]
+            if sock.getsockopt(zmq.RCVMORE):
+                parts.extend(_recv_rest_data(sock))
             try:
                 reply = wire.decode_reply(parts)
             except Exception as exc:  # a bad reply must not kill the I/O thread
