@@ -63,6 +63,7 @@ class ChunkServer:
         self._load_lock = threading.Lock()
         r = self.rpc.route
         r("cs.put", self.put, blocking=True)
+        r("cs.put_many", self.put_many, blocking=True)
         r("cs.get", self.get, blocking=True)
         r("cs.has", self.has, blocking=True)
         r("cs.delete", self.delete, blocking=True)
@@ -111,6 +112,24 @@ class ChunkServer:
 
         downstream.add_done_callback(done)
         return rpc.DEFERRED
+
+    def put_many(self, call: rpc.Call) -> Any:
+        ids, sizes = call.fields["ids"], call.fields["sizes"]
+        data = memoryview(call.request.frames[0]).cast("B")
+        if len(sizes) != len(ids) or any(type(n) is not int or n < 0 for n in sizes):
+            raise DfsError("EINVAL", "sizes: one non-negative integer per id")
+        if sum(sizes) != data.nbytes:
+            raise DfsError("EINVAL", f"sizes add up to {sum(sizes)}, the frame has {data.nbytes}")
+        items, at = [], 0
+        for cid, n in zip(ids, sizes):
+            items.append((cid, data[at : at + n]))
+            at += n
+        with self._busy():
+            created = self.store.put_many(items)
+        for cid, new in zip(ids, created):
+            if new:
+                self.chunk_log.add(cid)
+        return {"stored": [self.endpoint], "created": created}
 
     def get(self, call: rpc.Call) -> Any:
         f = call.fields

@@ -26,6 +26,7 @@ flipped bit anywhere in the file is caught without hashing the whole chunk with 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -104,8 +105,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the whole file system holding ``path`` in one call (Linux syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def _is_nospace(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _writev_all(fd: int, bufs: list[bytes | memoryview]) -> None:
+    while bufs:
+        written = os.writev(fd, bufs)
+        while bufs and written >= len(bufs[0]):
+            written -= len(bufs[0])
+            bufs.pop(0)
+        if bufs and written:
+            bufs[0] = memoryview(bufs[0])[written:]
 
 
 def _pread_exact(fd: int, n: int, offset: int) -> bytes:
@@ -285,10 +310,7 @@ class ChunkStore:
         path = self._path(cid)
         with self._id_lock(cid):
             if path.exists():
-                # a re-put marks the copy fresh (its atime; the content and mtime stay),
-                # so GC's delete_unless_newer keeps it for the writer about to commit
-                with contextlib.suppress(OSError):
-                    os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
+                self._touch(path)  # a re-put keeps the copy from GC for its writer
                 return False
             codec, payload = self._encode(mv)
             stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
@@ -310,6 +332,88 @@ class ChunkStore:
                 self._corrupt.discard(cid)
         return True
 
+    def put_many(self, items: list[tuple[str, memoryview]], verify: bool = True) -> list[bool]:
+        """Store many (small) chunks durably with two file-system flushes in all,
+        not two fsyncs each: write every temp file, syncfs, rename them into place,
+        syncfs. The order is the one of put (content durable before its name
+        appears, the name durable before we answer). Returns created flags."""
+        staged: list[tuple[int, str, Path, int]] = []  # (index, id, temp, bytes)
+        created = [False] * len(items)
+        try:
+            for i, (cid, mv) in enumerate(items):
+                cid = validate_id(cid)
+                if verify and hashlib.sha256(mv).hexdigest() != cid:
+                    raise DfsError(errors.HASH_MISMATCH, f"chunk #{i} does not hash to {cid}")
+                if mv.nbytes > self.max_chunk:
+                    raise DfsError(errors.TOO_BIG, f"chunk #{i} is over {self.max_chunk} bytes")
+                if self._path(cid).exists():
+                    self._touch(self._path(cid))
+                    continue
+                codec, payload = self._encode(mv)
+                stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
+                header = HEADER.pack(
+                    MAGIC, FORMAT_VERSION, codec, 0, stored, mv.nbytes,
+                    xxhash.xxh3_64_intdigest(payload),
+                )  # fmt: skip
+                total = HEADER_SIZE + stored
+                self._reserve(cid, total)
+                try:
+                    tmp = self._write_temp(cid, header, payload)
+                except BaseException:
+                    with self._lock:
+                        self._reserved -= total
+                    raise
+                staged.append((i, cid, tmp, total))
+            if staged:
+                _syncfs(self.chunks_dir)
+            for i, cid, tmp, _n in staged:
+                with self._id_lock(cid):
+                    path = self._path(cid)
+                    if path.exists():  # a concurrent put stored it meanwhile
+                        os.unlink(tmp)
+                    else:
+                        os.rename(tmp, path)
+                        created[i] = True
+            if staged:
+                _syncfs(self.chunks_dir)
+        except OSError as exc:
+            if _is_nospace(exc):
+                raise DfsError("ENOSPC", f"disk full while writing chunks under {self.root}")
+            raise DfsError("EIO", f"writing chunks: {exc}")
+        finally:
+            with self._lock:
+                for i, cid, _tmp, n in staged:
+                    self._reserved -= n
+                    if created[i]:
+                        self._used += n
+                        self._count += 1
+                        self._corrupt.discard(cid)
+            for i, _cid, tmp, _n in staged:
+                if not created[i]:  # a temp file not renamed into place
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+        return created
+
+    @staticmethod
+    def _touch(path: Path) -> None:
+        """Mark a copy fresh (atime), so GC's delete_unless_newer keeps it for the
+        writer about to commit; content and mtime stay."""
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
+
+    def _write_temp(self, cid: str, header: bytes, payload: bytes | memoryview) -> Path:
+        """A chunk's bytes in a temp file of its directory, not yet fsync'd."""
+        tmp = self._ensure_dir(cid) / f"{TMP_PREFIX}{cid}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _writev_all(fd, [header, memoryview(payload)])
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
     def _write_file(self, cid: str, path: Path, header: bytes, payload: bytes | memoryview) -> None:
         tmp: Path | None = None
         try:
@@ -317,14 +421,7 @@ class ChunkStore:
             tmp = d / f"{TMP_PREFIX}{cid}.{secrets.token_hex(4)}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                bufs: list[bytes | memoryview] = [header, memoryview(payload)]
-                while bufs:
-                    written = os.writev(fd, bufs)
-                    while bufs and written >= len(bufs[0]):
-                        written -= len(bufs[0])
-                        bufs.pop(0)
-                    if bufs and written:
-                        bufs[0] = memoryview(bufs[0])[written:]
+                _writev_all(fd, [header, memoryview(payload)])
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import paths
+from dfs.bulk import LocalTree, put_tree
 from dfs.client import Client, connect
 from dfs.errors import DfsError, errno_for
 
@@ -87,7 +88,7 @@ def cmd_put(c: Client, a: argparse.Namespace) -> int:
                 print(f"dfs: omitting directory '{src}' (use -r)", file=sys.stderr)
                 status = EXIT_FAIL
                 continue
-            _put_tree(c, local, target, a.quiet)
+            status = max(status, _put_tree(c, local, target, a.quiet))
         else:
             try:
                 size = local.stat().st_size
@@ -101,28 +102,15 @@ def cmd_put(c: Client, a: argparse.Namespace) -> int:
     return status
 
 
-def _put_tree(c: Client, root: Path, target: str, quiet: bool) -> None:
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()]
-    total = sum(p.stat().st_size for p in files)
-    c.mkdir(target, parents=True)
-    with progress_bar(total, f"{root.name} ({len(files)} files)", quiet) as tick:
-        for d in sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()):
-            c.mkdir(_under(target, d, root), parents=True)
-        for link in (p for p in root.rglob("*") if p.is_symlink()):
-            c.symlink(os.readlink(link), _under(target, link, root))
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(p: Path) -> None:
-            c.put(p, _under(target, p, root), progress=tick)
-
-        with ThreadPoolExecutor(8) as pool:
-            for _ in pool.map(one, files):
-                pass
-
-
-def _under(target: str, local: Path, root: Path) -> str:
-    """The remote path of ``local`` (inside ``root``) when ``root`` goes to ``target``."""
-    return paths.normalize(f"{target}/{local.relative_to(root).as_posix()}")
+def _put_tree(c: Client, root: Path, target: str, quiet: bool) -> int:
+    """Upload a directory tree in batches (see dfs/bulk.py); report what failed."""
+    tree = LocalTree.scan(root)
+    label = f"{root.name} ({len(tree.files)} files)"
+    with progress_bar(tree.total_bytes, label, quiet) as tick:
+        failures = put_tree(c, tree, target, progress=tick)
+    for f in failures:
+        print(f"dfs: cannot put '{f.path}': {f.why}", file=sys.stderr)
+    return EXIT_FAIL if failures else EXIT_OK
 
 
 def _is_remote_dir(c: Client, path: str) -> bool:

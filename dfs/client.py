@@ -556,14 +556,14 @@ class Uploader:
                     failed.append(chain[min(len(got), len(chain) - 1)])
         ok = list(dict.fromkeys(ok))
         if len(ok) < (self.rep or 1):
-            ok = self._complete(cid, data, ok, failed, last)
+            ok = self.complete(cid, data, ok, failed, last)
         self.client.stats.chunks_sent += 1
         self.client.stats.bytes_sent += len(data)
         self.stored[cid] = ok
         if self.progress:
             self.progress(len(data))
 
-    def _complete(
+    def complete(
         self, cid: str, data: Any, ok: list[str], failed: list[str], last: DfsError | None
     ) -> list[str]:
         """Put the copies still missing on new servers (avoiding those that failed)."""

@@ -164,6 +164,13 @@ _CHUNKSERVER_OPS = [
         doc="store a chunk (SHA-256 verified, fsync'd), then pass it down the forward chain",
     ),
     Op(
+        "cs.put_many",
+        {"ids": req(CHUNK_IDS), "sizes": req(LIST)},
+        frames=1,
+        doc="store many small chunks, concatenated in one frame (sizes in order), with"
+        " one file-system flush for all of them; no forwarding",
+    ),
+    Op(
         "cs.get",
         {"id": req(CHUNK_ID), "offset": opt(INT), "length": opt(INT)},
         doc="read a chunk or a byte range of it; the reply carries one data frame",

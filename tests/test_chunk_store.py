@@ -408,3 +408,39 @@ def test_concurrent_puts_and_gets(tmp_path: Path) -> None:
     fresh = ChunkStore(tmp_path).stat()
     assert (fresh["chunks"], fresh["used"]) == (st["chunks"], st["used"])
     assert not [p for p in chunk_files(tmp_path) if p.name.startswith(".tmp.")]
+
+
+def test_put_many_stores_all_with_one_flush(store: ChunkStore) -> None:
+    datas = [os.urandom(n) for n in (0, 1, 5000, 70_000)] + [compressible(50_000)]
+    old = os.urandom(300)
+    store.put(cid_of(old), old)
+    items = [(cid_of(d), memoryview(d)) for d in [*datas, old, datas[2]]]
+    created = store.put_many(items)
+    # the one already stored and the duplicate inside the batch are not written twice
+    assert created == [True] * 5 + [False, False]
+    for d in [*datas, old]:
+        assert store.get(cid_of(d)) == d
+    assert store.stat()["chunks"] == 6
+    assert not [p for p in chunk_files(store.root) if p.name.startswith(".tmp")]
+
+
+def test_put_many_hash_mismatch_writes_nothing(store: ChunkStore) -> None:
+    good, bad = os.urandom(100), os.urandom(100)
+    with pytest.raises(DfsError) as exc:
+        store.put_many([(cid_of(good), memoryview(good)), (cid_of(good), memoryview(bad))])
+    assert exc.value.code == "HASH_MISMATCH"
+    assert store.stat()["chunks"] == 0 and store.stat()["used"] == 0
+    assert not chunk_files(store.root)
+
+
+def test_put_many_full_filesystem_leaves_no_temp_files() -> None:
+    with tiny_tmpfs("2m") as mnt:
+        s = ChunkStore(mnt, capacity=100 << 20)
+        a, b = os.urandom(900_000), os.urandom(900_000)
+        c = os.urandom(900_000)
+        assert s.put_many([(cid_of(a), memoryview(a)), (cid_of(b), memoryview(b))]) == [True] * 2
+        with pytest.raises(DfsError) as e:
+            s.put_many([(cid_of(c), memoryview(c))])
+        assert e.value.code == "ENOSPC"
+        assert sorted(p.name for p in chunk_files(mnt)) == sorted([cid_of(a), cid_of(b)])
+        assert s.stat()["chunks"] == 2 and s.get(cid_of(b)) == b

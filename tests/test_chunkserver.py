@@ -154,3 +154,30 @@ def test_many_clients_at_once(start_chunkserver) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_put_many(start_chunkserver, client: RpcClient) -> None:
+    cs = start_chunkserver("cs1")
+    chunks = [chunk(n) for n in (10, 4096, 200_000)]
+    ids = [c for c, _ in chunks]
+    blob = b"".join(d for _, d in chunks)
+    fields = {"ids": ids, "sizes": [len(d) for _, d in chunks]}
+    reply = client.call(cs.endpoint, "cs.put_many", fields, [blob])
+    assert reply.fields == {"stored": [cs.endpoint], "created": [True, True, True]}
+    for cid, data in chunks:
+        assert bytes(client.call(cs.endpoint, "cs.get", {"id": cid}).frames[0]) == data
+    again = client.call(cs.endpoint, "cs.put_many", fields, [blob])
+    assert again.fields["created"] == [False, False, False]
+    # bad input: sizes that do not add up, a wrong hash: refused, nothing stored
+    other, odata = chunk(100)
+    for bad_fields, frame, code in [
+        ({"ids": [other], "sizes": [99]}, odata, "EINVAL"),
+        ({"ids": [other], "sizes": [-1]}, odata, "EINVAL"),
+        ({"ids": [other, ids[0]], "sizes": [100]}, odata, "EINVAL"),
+        ({"ids": [other], "sizes": [100]}, os.urandom(100), errors.HASH_MISMATCH),
+    ]:
+        with pytest.raises(DfsError) as exc:
+            client.call(cs.endpoint, "cs.put_many", bad_fields, [frame])
+        assert exc.value.code == code
+    assert client.call(cs.endpoint, "cs.has", {"ids": [other]}).fields["has"] == [False]
+    assert client.call(cs.endpoint, "cs.stat").fields["chunks"] == 3
