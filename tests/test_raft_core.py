@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import msgpack
@@ -17,6 +18,7 @@ from metadata.raft.messages import (
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
+    Message,
     ReadIndexRequest,
     ReadIndexResponse,
     Role,
@@ -478,6 +480,29 @@ def test_lease_runs_out_election_ticks_minus_drift_after_the_send() -> None:
     assert len(c.reads[1]) == lease + 2
 
 
+def test_lease_read_index_follows_the_lease() -> None:
+    """The on-the-spot read index is the commit index exactly while read_index
+    would be answered in the next Ready with no heartbeat round."""
+    c = lease_cluster()
+    ld = c.nodes[1]
+    assert ld.lease_read_index() is None  # no heartbeat of this term acknowledged yet
+    assert c.nodes[2].lease_read_index() is None  # a follower never
+    c.tick(times=1)
+    sent = ld.ticks
+    ld.propose(b"w")
+    c.deliver()
+    assert ld.lease_read_index() == ld.commit_index
+    c.isolate(1)
+    lease = c.cfg.election_ticks - c.cfg.lease_drift_ticks
+    held = []
+    for _ in range(lease + 2):
+        if ld.lease_read_index() is not None:
+            held.append(ld.ticks)
+        c.tick([1])
+    assert ld.role == Role.LEADER
+    assert held == list(range(sent, sent + lease))
+
+
 @pytest.mark.parametrize("broken", [False, True])
 def test_transfer_gives_up_the_lease_for_the_rest_of_the_term(broken: bool) -> None:
     from tests.raftsim.broken import LeaseThroughTransferNode
@@ -575,16 +600,30 @@ def test_every_message_survives_the_wire() -> None:
     for m in msgs:
         wire = msgpack.unpackb(msgpack.packb(m.to_wire(), use_bin_type=True), raw=False)
         assert message_from_wire(wire) == m
+
+    def with_field(m: Message, name: str, v: object) -> list:
+        w = m.to_wire()
+        w[1 + [f.name for f in dataclasses.fields(m)].index(name)] = v
+        return w
+
     bad = [
-        {"type": "append", "frm": 1},
-        {"type": "nope"},
-        "not a dict",
-        {**AppendEntries(1, 2, 3).to_wire(), "entries": [[1, 1, 0, 10**12]]},  # no huge alloc
-        {**AppendEntries(1, 2, 3).to_wire(), "entries": [[1, 1, 9, b""]]},
-        {**AppendEntries(1, 2, 3).to_wire(), "term": "3"},
-        {**AppendEntries(1, 2, 3).to_wire(), "commit": -1},
-        {**VoteRequest(1, 2, 3).to_wire(), "pre_vote": 1},
-        {**InstallSnapshot(1, 2, 3).to_wire(), "voters": 5},
+        ["append", 1],
+        ["nope"],
+        [["append"], 1, 2, 3],
+        [],
+        "not a list",
+        {"type": "append", "frm": 1, "to": 2, "term": 3},  # the old map form
+        with_field(AppendEntries(1, 2, 3), "entries", [[1, 1, 0, 10**12]]),  # no huge alloc
+        with_field(AppendEntries(1, 2, 3), "entries", [[1, 1, 9, b""]]),
+        with_field(AppendEntries(1, 2, 3), "entries", [[1, 1, True, b""]]),
+        with_field(AppendEntries(1, 2, 3), "entries", "x"),
+        with_field(AppendEntries(1, 2, 3), "term", "3"),
+        with_field(AppendEntries(1, 2, 3), "commit", -1),
+        with_field(AppendEntries(1, 2, 3), "commit", True),
+        with_field(VoteRequest(1, 2, 3), "pre_vote", 1),
+        with_field(InstallSnapshot(1, 2, 3), "voters", 5),
+        with_field(InstallSnapshot(1, 2, 3), "data", 5),
+        [*TimeoutNow(1, 2, 3).to_wire(), 4],  # a field too many
     ]
     for w in bad:
         with pytest.raises(ValueError):

@@ -49,6 +49,12 @@ CASES = {
         {**LEASE, "clock_drift": 0.3},
         ("stale read", "misses write"),
     ),
+    # reads served on the spot (as the driver does under a lease), lease ignored
+    "spot-read-no-lease": (
+        range(0, 20),
+        {**LEASE, "clock_drift": 0.05, "spot_reads": True},
+        ("stale read", "misses write"),
+    ),
 }
 
 

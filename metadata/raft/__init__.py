@@ -2,7 +2,7 @@
 
 - ``core``      the pure protocol (``RaftNode``): no I/O, no clock, no threads.
 - ``messages``  entries, hard state, snapshots and wire messages (``to_wire`` /
-                ``message_from_wire``: msgpack-friendly dicts).
+                ``message_from_wire``: msgpack-friendly lists).
 - ``storage``   the durable write-ahead log + snapshot files (``RaftStorage``).
 - ``driver``    runs a core with storage and the ZeroMQ transport.
 
@@ -41,10 +41,13 @@ Only one Ready may be outstanding: ``advance`` it before the next ``ready``;
 next Ready). The leader counts its own entries toward commitment only after
 ``advance``, so a commit index is always "durable on a majority".
 
-Allowed refinements (metadata.raft.driver uses both; the simulator checks
+Allowed refinements (metadata.raft.driver uses them all; the simulator checks
 them): a leader whose term and vote are already on disk may send its messages
-before its own fsync (Raft thesis 10.2.1); a Ready that only moves the commit
-index need not be fsync'd.
+before its own fsync (Raft thesis 10.2.1), and apply its committed entries and
+serve its read states before that fsync too (they are durable on a majority);
+a Ready that only moves the commit index need not be fsync'd; while
+``lease_read_index()`` gives an index the node has applied, a read may be
+served at once, without a Ready.
 
 Lease reads (``RaftConfig(lease_reads=True)``): while the leader holds its
 lease, ``read_index`` is answered in the next Ready without a heartbeat round.

@@ -6,9 +6,12 @@ on that one thread, so the core, the log storage and the state machine need
 no lock and no request pays for a hand-off between threads. After each poll
 of the sockets the loop runs every Ready in the order the core demands:
 persist (one fsync for all that arrived meanwhile: group commit), send,
-restore/apply, serve reads, advance. The WAL fsync is the one disk write on
+restore/apply, serve reads, advance. A leader whose term and vote are on disk
+sends its new entries first and applies what is already committed before its
+own fsync (see ``_process_ready``). The WAL fsync is the one disk write on
 every operation's critical path, so it runs inline; requests that arrive
-during it are queued by ZeroMQ and share the next fsync. Other threads hand
+during it are queued by ZeroMQ and share the next fsync. Reads under the
+leader's lease are served on the spot, without a Ready. Other threads hand
 work to the loop with ``call_soon``.
 
 Raft messages travel as one-way ``raft.msg`` requests, batched per peer per
@@ -130,10 +133,29 @@ class RaftDriver:
         def queue_read() -> None:
             if not self.is_leader:
                 done(self.not_leader())
-            else:
+            elif not self._read_now(fn, done):
                 self._read_batch.append((fn, done))
 
         self._on_loop(queue_read)
+
+    def _read_now(self, fn: Callable[[], Any], done: Done) -> bool:
+        """Serve a read on the spot when the core would answer its ReadIndex in the
+        next Ready anyway (a lease read) and the state machine is current: no
+        batch, no Ready. The lease is counted in ticks, so only while the tick
+        count is fresh (< 2 ticks behind real time: within the drift margin that
+        RaftConfig.lease_drift_ticks leaves); else the read waits for the loop's
+        timers like any other."""
+        if time.monotonic() - self._tick_clock >= 2 * self.tick_interval:
+            return False
+        index = self.raft.lease_read_index()
+        if index is None or self.raft.applied < index:
+            return False
+        try:
+            result = fn()
+        except DfsError as exc:
+            result = exc
+        done(result)
+        return True
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread (where the state machine may be touched)."""
@@ -284,27 +306,48 @@ class RaftDriver:
 
     def _process_ready(self) -> None:
         rd = self.raft.ready()
-        early = self._may_send_before_persist(rd)
-        # a leader's new entries go out while its own fsync runs (Raft thesis 10.2.1);
-        # a leader's other messages (commit index, heartbeats) wait until its clients
-        # are answered, which is what their latency waits for
-        send_first = early and bool(rd.entries)
-        if send_first:
-            self._send(rd.messages)
-        if rd.must_sync():
-            hs = rd.hard_state
-            # a commit index alone need not be fsync'd (it is recomputed after a
-            # crash); entries, snapshots, term and vote must (etcd's MustSync)
-            sync = (
-                bool(rd.entries)
-                or rd.snapshot is not None
-                or (hs is not None and (hs.term, hs.vote) != self._persisted_tv)
-            )
-            self.storage.save(hs, rd.entries, rd.snapshot, rd.install_snapshot, sync=sync)
-            if hs is not None:
-                self._persisted_tv = (hs.term, hs.vote)
-        if not early:  # must follow persistence (votes, a follower's acks)
-            self._send(rd.messages)
+        hs = rd.hard_state
+        # a commit index alone need not be fsync'd (it is recomputed after a
+        # crash); entries, snapshots, term and vote must (etcd's MustSync). Nothing
+        # depends on it being on disk, so it is written after clients are answered.
+        sync = (
+            bool(rd.entries)
+            or rd.snapshot is not None
+            or (hs is not None and (hs.term, hs.vote) != self._persisted_tv)
+        )
+        if self._may_send_before_persist(rd):
+            # a leader: its new entries go out while its own fsync runs (Raft thesis
+            # 10.2.1), and what is already committed (durable on a majority) is
+            # applied and answered before that fsync, not after it; its other
+            # messages (commit index, heartbeats) wait until clients are answered
+            if rd.entries:
+                self._send(rd.messages)
+            self._apply_ready(rd)
+            if sync:
+                self._save(rd)
+            if not rd.entries:
+                self._send(rd.messages)
+        else:
+            if sync:
+                self._save(rd)
+            self._send(rd.messages)  # must follow persistence (votes, a follower's acks)
+            self._apply_ready(rd)
+        if hs is not None and not sync:
+            self.storage.save(hs, [], None, sync=False)
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state.role)
+        self.raft.advance(rd)
+        self._maybe_snapshot()
+
+    def _save(self, rd: Any) -> None:
+        """Persist a Ready's hard state, entries and snapshot with one fsync."""
+        hs = rd.hard_state
+        self.storage.save(hs, rd.entries, rd.snapshot, rd.install_snapshot)
+        if hs is not None:
+            self._persisted_tv = (hs.term, hs.vote)
+
+    def _apply_ready(self, rd: Any) -> None:
+        """Restore a snapshot from the leader, apply committed entries, serve reads."""
         if rd.install_snapshot and rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
             self.last_snapshot = rd.snapshot.index
@@ -316,12 +359,6 @@ class RaftDriver:
                     done(fn())
                 except DfsError as exc:
                     done(exc)
-        if early and not send_first:
-            self._send(rd.messages)
-        if rd.soft_state is not None:
-            self._role_changed(rd.soft_state.role)
-        self.raft.advance(rd)
-        self._maybe_snapshot()
 
     def _may_send_before_persist(self, rd: Any) -> bool:
         """True when nothing in this Ready's messages depends on unsaved state: we

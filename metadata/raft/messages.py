@@ -1,7 +1,7 @@
 """Raft value types and wire messages.
 
-Everything here is a plain dataclass. Messages convert to and from dicts of
-msgpack-friendly types (int, bool, bytes, str, list, dict) with ``to_wire`` /
+Everything here is a plain dataclass. Messages convert to and from lists of
+msgpack-friendly types (int, bool, bytes, str, list) with ``to_wire`` /
 ``message_from_wire`` so that any transport (ZeroMQ + msgpack) can carry them
 without knowing Raft.
 """
@@ -9,8 +9,10 @@ without knowing Raft.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any, ClassVar
 
 NONE = 0  # "no node": node ids are positive ints
@@ -50,9 +52,12 @@ class Entry:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Entry:
-        if not isinstance(w, (list, tuple)) or len(w) != 4:
+        if type(w) is not list or len(w) != 4:
             raise ValueError("an entry is [index, term, type, data]")
-        return cls(_int(w[0]), _int(w[1]), EntryType(w[2]), _bytes(w[3]))
+        etype = _ENTRY_TYPES.get(w[2]) if type(w[2]) is int else None
+        if etype is None:
+            raise ValueError(f"unknown entry type {w[2]!r}")
+        return cls(_int(w[0]), _int(w[1]), etype, _bytes(w[3]))
 
 
 def _int(v: Any) -> int:
@@ -191,58 +196,89 @@ class Message:
     to: int
     term: int
 
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.KIND}
-        for name, _type in _fields_of(type(self)):
-            v = getattr(self, name)
-            if name == "entries":
-                v = [e.to_wire() for e in v]
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[name] = v
+    def to_wire(self) -> list[Any]:
+        """``[kind, frm, to, term, *the other fields in declaration order]``:
+        positional, so a message costs one list on the wire, not a map of names."""
+        shape = _shape(type(self))
+        out = [self.KIND, *shape.get(self)]
+        if shape.entries_at:
+            out[shape.entries_at] = [e.to_wire() for e in out[shape.entries_at]]
         return out
 
     @classmethod
-    def from_wire(cls, w: dict[str, Any]) -> Message:
+    def from_wire(cls, w: list[Any]) -> Message:
         return message_from_wire(w)
 
 
-_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How one message class travels: its fields' getter and input checks."""
+
+    cls: type[Message]
+    get: Callable[[Message], tuple[Any, ...]]
+    checks: tuple[Callable[[Any], Any], ...]
+    ints: tuple[int, ...]  # positions (after the kind) of plain int fields
+    others: tuple[int, ...]  # the other positions
+    entries_at: int  # position of ``entries`` in the wire list (0: none)
 
 
-def _fields_of(cls: type) -> tuple[tuple[str, Any], ...]:
-    """(name, annotated type) of a message class's fields, computed once per class:
-    ``dataclasses.fields`` is too slow to call for every message."""
-    got = _FIELDS.get(cls)
+_SHAPES: dict[type, _Shape] = {}
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ValueError(f"expected a bool, got {type(v).__name__}")
+    return v
+
+
+def _entries(v: Any) -> list[Entry]:
+    if type(v) is not list:
+        raise ValueError("entries must be a list")
+    return [Entry.from_wire(e) for e in v]
+
+
+def _voters(v: Any) -> tuple[int, ...]:
+    if type(v) is not list and type(v) is not tuple:
+        raise ValueError("voters must be a list")
+    return tuple(_int(x) for x in v)
+
+
+def _shape(cls: type) -> _Shape:
+    """Computed once per class: ``dataclasses.fields`` is too slow per message."""
+    got = _SHAPES.get(cls)
     if got is None:
-        got = _FIELDS[cls] = tuple((f.name, f.type) for f in fields(cls))
+        names = [f.name for f in fields(cls)]
+        by_type = {"int": _int, "bool": _bool, "bytes": _bytes}
+        checks = tuple(
+            _entries if n == "entries" else _voters if n == "voters" else by_type[f.type]
+            for n, f in zip(names, fields(cls), strict=True)
+        )
+        ints = tuple(i for i, c in enumerate(checks) if c is _int)
+        others = tuple(i for i, c in enumerate(checks) if c is not _int)
+        entries_at = names.index("entries") + 1 if "entries" in names else 0
+        got = _SHAPES[cls] = _Shape(cls, attrgetter(*names), checks, ints, others, entries_at)
     return got
 
 
-def message_from_wire(w: dict[str, Any]) -> Message:
-    """Rebuild a message from its wire dict; raises ValueError on bad input."""
-    try:
-        cls = _REGISTRY[w["type"]]
-        kw: dict[str, Any] = {}
-        for name, ftype in _fields_of(cls):
-            v = w[name]
-            if name in ("entries", "voters") and not isinstance(v, (list, tuple)):
-                raise ValueError(f"{name} must be a list")
-            if name == "entries":
-                v = [Entry.from_wire(e) for e in v]
-            elif name == "voters":
-                v = tuple(_int(x) for x in v)
-            elif ftype == "int":
-                v = _int(v)
-            elif ftype == "bool":
-                if not isinstance(v, bool):
-                    raise ValueError(f"{name} must be a bool")
-            elif ftype == "bytes":
-                v = _bytes(v)
-            kw[name] = v
-        return cls(**kw)
-    except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"malformed raft message: {e!r}") from e
+def message_from_wire(w: list[Any]) -> Message:
+    """Rebuild a message from its wire list; raises ValueError on bad input."""
+    if type(w) is not list or not w or type(w[0]) is not str:
+        raise ValueError("malformed raft message: not [kind, ...]")
+    cls = _REGISTRY.get(w[0])
+    if cls is None:
+        raise ValueError(f"malformed raft message: unknown kind {w[0][:20]!r}")
+    shape = _shape(cls)
+    if len(w) != len(shape.checks) + 1:
+        raise ValueError(f"malformed raft message: {w[0]} with {len(w) - 1} fields")
+    args = w[1:]
+    for i in shape.ints:  # most fields: checked inline, no call per field
+        v = args[i]
+        if type(v) is not int or v < 0:
+            _int(v)
+    for i in shape.others:
+        args[i] = shape.checks[i](args[i])
+    return cls(*args)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,8 @@
 """Deliberately broken Raft cores, to show that the checks bite.
 
 tests/test_raft_sim_bites.py asserts the simulator catches ``forget-vote``,
-``unconfirmed-read``, ``lease-never-expires`` and ``lease-no-drift`` within a
-fixed seed range; tests/test_raft_core.py
+``unconfirmed-read``, ``lease-never-expires``, ``lease-no-drift`` and
+``spot-read-no-lease`` within a fixed seed range; tests/test_raft_core.py
 shows ``commit-old-term`` committing what the real core must not (Raft fig. 8).
 The others are caught only rarely by random runs (about 1 seed in 200 for
 ``commit-old-term-no-noop``; ``eager-self-commit`` needs a crash inside one
@@ -21,6 +21,7 @@ from metadata.raft.messages import (
     HardState,
     HeartbeatResponse,
     Message,
+    Role,
     TimeoutNow,
 )
 
@@ -145,8 +146,19 @@ class LeaseForgetOnRestartNode(RaftNode):
         self.ticks = self.cfg.election_ticks
 
 
+class SpotReadNoLeaseNode(RaftNode):
+    """Serves reads on the spot whenever it leads (RaftNode.lease_read_index
+    without the lease check): a deposed leader answers from its old state."""
+
+    def lease_read_index(self) -> int | None:
+        if self.role != Role.LEADER or self.log.commit < self.term_start:
+            return None
+        return self.log.commit
+
+
 BROKEN["lease-never-expires"] = LeaseNeverExpiresNode
 BROKEN["lease-from-ack"] = LeaseFromAckNode
 BROKEN["lease-no-drift"] = LeaseNoDriftNode
 BROKEN["lease-through-transfer"] = LeaseThroughTransferNode
 BROKEN["lease-forget-on-restart"] = LeaseForgetOnRestartNode
+BROKEN["spot-read-no-lease"] = SpotReadNoLeaseNode

@@ -81,6 +81,9 @@ class Params:
     clock_drift: float  # each node's tick period is steps_per_tick * (1 +- up to this)
     lease_reads: bool
     lease_drift_ticks: int  # the smallest bound that covers clock_drift (see lease_bound)
+    # a leader serves some reads on the spot (RaftNode.lease_read_index, as the
+    # driver does); drawn from its own generator so older seeds keep their runs
+    spot_reads: bool = False
 
     @classmethod
     def draw(cls, rng: random.Random) -> Params:
@@ -223,6 +226,8 @@ class Simulator:
             setattr(self.p, k, v)
         if "lease_drift_ticks" not in overrides:  # derived: keep it safe for what was set
             self.p.lease_drift_ticks = lease_bound(self.p.election_ticks, self.p.clock_drift)
+        if "spot_reads" not in overrides:
+            self.p.spot_reads = random.Random(f"spot-{seed}").random() < 0.5
         self.node_cls = node_cls
         self.verbose = verbose
         self._log = log
@@ -252,6 +257,7 @@ class Simulator:
                 "compactions",
                 "elections",
                 "reads_at_once",
+                "reads_on_the_spot",
             )
         }
         # checker state
@@ -375,6 +381,9 @@ class Simulator:
             if self.p.early_send and self._may_send_early(n, rd):
                 self._send_all(rd)
                 n.sent_early = True
+                # as the driver does: what is committed (durable on a majority) is
+                # applied and answered before the leader's own fsync completes
+                self._apply_all(n, rd)
             lat = 0
             if self.p.disk_max_latency and rd.must_sync() and self.rng.random() < 0.6:
                 lat = self.rng.randint(1, self.p.disk_max_latency)
@@ -415,6 +424,18 @@ class Simulator:
             )
             if rd.soft_state.role == Role.LEADER:
                 self.stats["elections"] += 1
+        if not n.sent_early:
+            self._apply_all(n, rd)
+        n.raft.advance(rd)
+        if n.app.applied != n.raft.applied:
+            self.fail(f"n{n.id} app applied {n.app.applied} != raft applied {n.raft.applied}")
+        ce = self.p.compact_every
+        if ce and n.raft.applied - n.raft.log.offset >= ce and self.rng.random() < 0.5:
+            n.raft.compact(n.raft.applied, n.app.snapshot())
+            self.stats["compactions"] += 1
+
+    def _apply_all(self, n: SimNode, rd: Ready) -> None:
+        """Install a snapshot from the leader, apply committed entries, serve reads."""
         if rd.install_snapshot:
             assert rd.snapshot is not None
             n.app.restore(rd.snapshot.data)
@@ -425,13 +446,6 @@ class Simulator:
             self._apply(n, e)
         for rs in rd.read_states:
             self._serve_read(n, rs)
-        n.raft.advance(rd)
-        if n.app.applied != n.raft.applied:
-            self.fail(f"n{n.id} app applied {n.app.applied} != raft applied {n.raft.applied}")
-        ce = self.p.compact_every
-        if ce and n.raft.applied - n.raft.log.offset >= ce and self.rng.random() < 0.5:
-            n.raft.compact(n.raft.applied, n.app.snapshot())
-            self.stats["compactions"] += 1
 
     def crash(self, n: SimNode) -> None:
         self.stats["crashes"] += 1
@@ -685,6 +699,8 @@ class Simulator:
         self.read_seq += 1
         ctx = b"r%d" % self.read_seq
         key = self.rng.choice(KEYS)
+        if self.p.spot_reads and self.read_seq % 2 and self._spot_read(n, ctx, key):
+            return
         try:
             n.raft.read_index(ctx)
         except RaftError:
@@ -694,6 +710,17 @@ class Simulator:
         self.process(n)
         if ctx not in self.pending_reads:  # no heartbeat round: a lease read
             self.stats["reads_at_once"] += 1
+
+    def _spot_read(self, n: SimNode, ctx: bytes, key: str) -> bool:
+        """A read served with no Ready, as metadata.raft.driver does under a lease."""
+        index = n.raft.lease_read_index()
+        if index is None or n.raft.applied < index:
+            return False
+        self.clock += 1
+        self.pending_reads[ctx] = (n.id, n.incarnation, key, self.clock, self.max_commit)
+        self._serve_read(n, ReadState(ctx, index))
+        self.stats["reads_on_the_spot"] += 1
+        return True
 
     def _conf_change(self) -> None:
         ls = self.leaders()
