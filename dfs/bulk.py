@@ -29,8 +29,8 @@ from dfs.rpc import RpcClient
 if TYPE_CHECKING:
     from dfs.client import Client
 
-BATCH_FILES = 128  # files per batch (one log entry)
-BATCH_BYTES = 4 << 20  # bytes per batch: one put_many frame per server
+BATCH_FILES = 256  # files per batch (one log entry)
+BATCH_BYTES = 8 << 20  # bytes per batch: one put_many frame per server
 BATCHES_IN_FLIGHT = 3  # batches worked on at once (reading, uploading, committing)
 OPS_PER_CALL = 1024  # mkdirs / symlinks in one md.batch
 
@@ -127,10 +127,12 @@ def put_tree(
             small.setdefault(rep, []).append((p, remote, size))
         else:
             big.append((p, remote))
-    for rep, files in small.items():
-        bulk.rep = rep
-        failures += bulk.upload(files)
-    failures += _put_big(client, big, progress)
+    with ThreadPoolExecutor(1, thread_name_prefix="dfs-put-big") as side:
+        big_done = side.submit(_put_big, client, big, progress)  # alongside the batches
+        for rep, files in small.items():
+            bulk.rep = rep
+            failures += bulk.upload(files)
+        failures += big_done.result()
     return failures
 
 
