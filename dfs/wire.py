@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -152,6 +153,10 @@ class Op:
     doc: str = ""
     oneway: bool = False  # no reply is sent (Raft messages: the protocol has its own acks)
 
+    @cached_property
+    def required(self) -> tuple[str, ...]:
+        return tuple(name for name, f in self.fields.items() if f.required)
+
 
 # ---------------------------------------------------------------- the operations
 
@@ -174,6 +179,11 @@ _CHUNKSERVER_OPS = [
         "cs.get",
         {"id": req(CHUNK_ID), "offset": opt(INT), "length": opt(INT)},
         doc="read a chunk or a byte range of it; the reply carries one data frame",
+    ),
+    Op(
+        "cs.get_many",
+        {"ids": req(CHUNK_IDS)},
+        doc="read many small chunks: one reply frame, sizes in order (-1: read it alone)",
     ),
     Op("cs.has", {"ids": req(CHUNK_IDS)}, doc="which of these chunks are stored here"),
     Op(
@@ -226,6 +236,7 @@ NAMESPACE_QUERIES = [
     "listxattr",
     "statfs",
     "file_chunks",
+    "files_chunks",
     "exists",
     "chunk_refs",
     "all_chunks",
@@ -354,6 +365,21 @@ def _unpack(frame: Frame) -> dict[str, Any]:
 
 def validate_fields(op: Op, fields: Any) -> dict[str, Any]:
     """Check every field of a request against its operation's schema."""
+    if type(fields) is dict:  # the common case, in one pass over what was sent
+        spec, out = op.fields, {}
+        try:
+            for name, value in fields.items():
+                if value is not None:
+                    out[name] = spec[name].check(value)
+        except (KeyError, ValueError):
+            pass  # the full check below names the problem
+        else:
+            if all(name in out for name in op.required):
+                return out
+    return _validate_fields_slow(op, fields)
+
+
+def _validate_fields_slow(op: Op, fields: Any) -> dict[str, Any]:
     if fields is None:
         fields = {}
     if type(fields) is not dict:
