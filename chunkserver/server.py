@@ -23,7 +23,7 @@ from typing import Any
 from chunkserver.heartbeat import ChunkLog, Heartbeat
 from chunkserver.scrub import DEFAULT_INTERVAL, DEFAULT_RATE, Scrubber
 from chunkserver.store import ChunkStore
-from dfs import errors, rpc
+from dfs import errors, rpc, wire
 from dfs.errors import DfsError
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
@@ -65,6 +65,7 @@ class ChunkServer:
         r("cs.put", self.put, blocking=True)
         r("cs.put_many", self.put_many, blocking=True)
         r("cs.get", self.get, blocking=True)
+        r("cs.get_many", self.get_many, blocking=True)
         r("cs.has", self.has, blocking=True)
         r("cs.delete", self.delete, blocking=True)
         r("cs.stat", self.stat)
@@ -136,6 +137,29 @@ class ChunkServer:
         with self._busy():
             data = self._read(f["id"], f.get("offset", 0), f.get("length"))
         return {"length": len(data)}, [data]
+
+    def get_many(self, call: rpc.Call) -> Any:
+        """Many small chunks in one reply frame; one that cannot be read gets size -1
+        and its error code, and the reader fetches it elsewhere."""
+        ids = call.fields["ids"]
+        parts: list[bytes] = []
+        sizes: list[int] = []
+        failed: dict[str, str] = {}
+        budget = wire.MAX_CHUNK_BYTES
+        with self._busy():
+            for cid in ids:
+                try:
+                    data = self._read(cid) if budget > 0 else None
+                except DfsError as exc:
+                    data, failed[cid] = None, exc.code
+                if data is None or len(data) > budget:
+                    failed.setdefault(cid, errors.TOO_BIG)  # ask for it on its own
+                    sizes.append(-1)
+                    continue
+                budget -= len(data)
+                parts.append(data)
+                sizes.append(len(data))
+        return {"sizes": sizes, "failed": failed}, [b"".join(parts)]
 
     def _read(self, chunk_id: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read through the store; a copy found corrupt is reported with the next heartbeat."""

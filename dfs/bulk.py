@@ -12,6 +12,7 @@ fsync'd on all the replicas its directory asks for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -304,3 +305,190 @@ class BulkUploader:
             "gid": os.getgid(),
         }
         return {"op": "commit", "args": args}
+
+
+# ---------------------------------------------------------------- downloads
+
+
+@dataclass
+class RemoteTree:
+    """What a remote directory holds (paths relative to ``root``, with attrs)."""
+
+    root: str
+    dirs: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    files: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @classmethod
+    def scan(cls, client: Client, root: str) -> RemoteTree:
+        tree = cls(paths.normalize(root))
+        stack = [tree.root]
+        while stack:
+            d = stack.pop()
+            for entry in client.scandir(d):
+                p, a = paths.join(d, entry["name"]), entry["attrs"]
+                if a["type"] == "dir":
+                    tree.dirs.append(p)
+                    stack.append(p)
+                elif a["type"] == "symlink":
+                    tree.links.append(p)
+                elif a["type"] == "file":
+                    tree.files.append((p, a))
+        tree.dirs.sort()
+        return tree
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a["size"] for _, a in self.files)
+
+    def local(self, dest: Path, remote: str) -> Path:
+        rel = remote[len(self.root) :].lstrip("/")
+        return dest / rel if rel else dest
+
+
+def get_tree(
+    client: Client, tree: RemoteTree, dest: Path, progress: Callable[[int], None] | None = None
+) -> list[Failure]:
+    """Download a scanned tree into ``dest``: small files in batches (one metadata
+    call and one chunk read per server for a whole batch), big ones streamed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for d in tree.dirs:
+        tree.local(dest, d).mkdir(parents=True, exist_ok=True)
+    failures: list[Failure] = []
+    for link in tree.links:
+        target = tree.local(dest, link)
+        try:
+            target.unlink(missing_ok=True)
+            os.symlink(client.readlink(link), target)
+        except (DfsError, OSError) as exc:
+            failures.append(Failure(link, getattr(exc, "message", None) or str(exc)))
+    small = [(p, a) for p, a in tree.files if a["size"] <= client.chunking.min_size]
+    big = [(p, a) for p, a in tree.files if a["size"] > client.chunking.min_size]
+    fetcher = BulkDownloader(client, tree, dest, progress)
+    groups = [small[i : i + BATCH_FILES] for i in range(0, len(small), BATCH_FILES)]
+    with ThreadPoolExecutor(1, thread_name_prefix="dfs-get-big") as side:
+        big_done = side.submit(fetcher.get_each, big)
+        with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="dfs-bulk") as pool:
+            for got in pool.map(fetcher.get_batch, groups):
+                failures += got
+        failures += big_done.result()
+    return failures
+
+
+class BulkDownloader:
+    """Fetches files of a RemoteTree batch by batch."""
+
+    def __init__(
+        self,
+        client: Client,
+        tree: RemoteTree,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.tree = tree
+        self.dest = dest
+        self.progress = progress
+
+    def get_batch(self, files: list[tuple[str, dict[str, Any]]]) -> list[Failure]:
+        r = self.client.meta.call("md.files_chunks", {"args": {"paths": [p for p, _ in files]}})
+        locations: dict[str, list[str]] = r["locations"]
+        wanted: dict[str, int] = {}
+        for info in r["files"]:
+            if info["ok"]:
+                wanted.update((c, n) for c, n in info["extents"] if c)
+        chunks = self._fetch(wanted, locations)
+        failures = []
+        for (path, attrs), info in zip(files, r["files"]):
+            if not info["ok"]:
+                failures.append(Failure(path, info["msg"]))
+                continue
+            lost = [c for c, _ in info["extents"] if c and c not in chunks]
+            if lost:
+                failures.append(Failure(path, f"no replica could serve chunk {lost[0][:16]}..."))
+                continue
+            try:
+                data = b"".join(
+                    bytes(n) if c is None else chunks[c][:n] for c, n in info["extents"]
+                )
+                self._write(self.tree.local(self.dest, path), data, attrs["mode"])
+            except OSError as exc:
+                failures.append(Failure(path, getattr(exc, "message", None) or str(exc)))
+                continue
+            if self.progress:
+                self.progress(len(data))
+        return failures
+
+    def get_each(self, files: list[tuple[str, dict[str, Any]]]) -> list[Failure]:
+        """Big files, a few at a time, each through the streaming read path."""
+
+        def one(item: tuple[str, dict[str, Any]]) -> Failure | None:
+            path, attrs = item
+            local = self.tree.local(self.dest, path)
+            try:
+                self.client.get(path, local, progress=self.progress)
+                os.chmod(local, attrs["mode"] & 0o7777)
+            except (DfsError, OSError) as exc:
+                return Failure(path, getattr(exc, "message", None) or str(exc))
+            return None
+
+        with ThreadPoolExecutor(4, thread_name_prefix="dfs-get") as pool:
+            return [f for f in pool.map(one, files) if f is not None]
+
+    def _fetch(
+        self, wanted: dict[str, int], locations: dict[str, list[str]]
+    ) -> dict[str, bytes | memoryview]:
+        """Every wanted chunk, verified: one cs.get_many per server (each chunk from
+        one of its replicas, spread evenly), then one by one for what that missed."""
+        per_server: dict[str, list[str]] = {}
+        for cid in wanted:
+            reps = self.client.healthy_first(locations.get(cid) or [])
+            if reps:
+                ep = min(reps[:2], key=lambda e: len(per_server.get(e, ())))
+                per_server.setdefault(ep, []).append(cid)
+        rpc = self.client.rpc
+        futs = {
+            ep: rpc.call_async(ep, "cs.get_many", {"ids": ids}, timeout=30)
+            for ep, ids in per_server.items()
+        }
+        got: dict[str, bytes | memoryview] = {}
+        for ep, fut in futs.items():
+            try:
+                reply = RpcClient.wait(fut)
+            except DfsError:
+                continue  # each of its chunks is fetched alone below
+            blob, at = memoryview(reply.frames[0]), 0
+            for cid, n in zip(per_server[ep], reply.fields["sizes"]):
+                if n < 0:
+                    continue
+                data = blob[at : at + n]
+                at += n
+                if hashlib.sha256(data).hexdigest() == cid:
+                    got[cid] = data
+                else:
+                    self.client.stats.bad_replicas += 1
+                    self.client.report_bad(cid, ep)
+        for cid in wanted:
+            if cid not in got:
+                with contextlib.suppress(DfsError):  # its files fail, the rest go on
+                    got[cid] = self.client.fetch_chunk(cid, locations.get(cid))
+        self.client.stats.chunks_fetched += len(got)
+        return got
+
+    @staticmethod
+    def _write(local: Path, data: bytes, mode: int) -> None:
+        """Into a temp file beside ``local``, renamed into place (never half a file)."""
+        tmp = local.with_name(f".{local.name}.dfs-part-{os.urandom(6).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, mode & 0o7777)  # not narrowed by the umask
+            finally:
+                os.close(fd)
+            os.replace(tmp, local)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import paths
-from dfs.bulk import LocalTree, put_tree
+from dfs.bulk import LocalTree, RemoteTree, get_tree, put_tree
 from dfs.client import Client, connect
 from dfs.errors import DfsError, errno_for
 
@@ -135,8 +135,7 @@ def cmd_get(c: Client, a: argparse.Namespace) -> int:
     if attrs["type"] == "dir":
         if not a.recursive:
             raise CliError(f"'{remote}' is a directory (use -r)")
-        _get_tree(c, paths.normalize(remote), Path(local), a.quiet)
-        return EXIT_OK
+        return _get_tree(c, paths.normalize(remote), Path(local), a.quiet)
     if local == "-":
         with progress_bar(attrs["size"], remote, a.quiet) as tick:
             c.download(remote, sys.stdout.buffer, progress=tick)
@@ -153,39 +152,14 @@ def cmd_get(c: Client, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _walk(c: Client, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for entry in c.scandir(root):
-        path = paths.join(root, entry["name"])
-        yield path, entry["attrs"]
-        if entry["attrs"]["type"] == "dir":
-            yield from _walk(c, path)
-
-
-def _get_tree(c: Client, root: str, local: Path, quiet: bool) -> None:
-    local.mkdir(parents=True, exist_ok=True)
-    items = list(_walk(c, root))
-    files = [(p, a) for p, a in items if a["type"] == "file"]
-    with progress_bar(
-        sum(a["size"] for _, a in files), f"{root} ({len(files)} files)", quiet
-    ) as tick:
-        for p, a in items:
-            dest = local / Path(p).relative_to(root)
-            if a["type"] == "dir":
-                dest.mkdir(parents=True, exist_ok=True)
-            elif a["type"] == "symlink":
-                dest.unlink(missing_ok=True)
-                os.symlink(c.readlink(p), dest)
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(item: tuple[str, dict[str, Any]]) -> None:
-            p, a = item
-            dest = local / Path(p).relative_to(root)
-            c.get(p, dest, progress=tick)
-            os.chmod(dest, a["mode"] & 0o7777)
-
-        with ThreadPoolExecutor(8) as pool:
-            for _ in pool.map(one, files):
-                pass
+def _get_tree(c: Client, root: str, local: Path, quiet: bool) -> int:
+    """Download a directory tree in batches (see dfs/bulk.py); report what failed."""
+    tree = RemoteTree.scan(c, root)
+    with progress_bar(tree.total_bytes, f"{root} ({len(tree.files)} files)", quiet) as tick:
+        failures = get_tree(c, tree, local, progress=tick)
+    for f in failures:
+        print(f"dfs: cannot get '{f.path}': {f.why}", file=sys.stderr)
+    return EXIT_FAIL if failures else EXIT_OK
 
 
 def cmd_cat(c: Client, a: argparse.Namespace) -> int:
@@ -273,17 +247,15 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
         attrs = c.stat(a.path)
     except DfsError as exc:
         raise fail("access", a.path, exc) from None
-    files = (
-        [(a.path, attrs)]
-        if attrs["type"] != "dir"
-        else [(p, at) for p, at in _walk(c, paths.normalize(a.path)) if at["type"] == "file"]
-    )
+    files = [(a.path, attrs)] if attrs["type"] != "dir" else RemoteTree.scan(c, a.path).files
     logical = sum(at["size"] for _, at in files)
     chunks: dict[str, int] = {}
-    for p, _ in files:
-        for cid, n in c.meta.ns("file_chunks", path=p)["extents"]:
-            if cid:
-                chunks[cid] = max(chunks.get(cid, 0), n)
+    for i in range(0, len(files), 1000):
+        r = c.meta.ns("files_chunks", paths=[p for p, _ in files[i : i + 1000]])
+        for info in r["files"]:
+            for cid, n in info.get("extents") or ():
+                if cid:
+                    chunks[cid] = max(chunks.get(cid, 0), n)
     unique = sum(chunks.values())
     replicated = sum(at["size"] * at["rep"] for _, at in files)
     out = {

@@ -417,7 +417,7 @@ class Client:
             return None, length
         return self._pool.submit(self.fetch_chunk, cid, locations.get(cid)), length
 
-    def _healthy_first(self, replicas: list[str]) -> list[str]:
+    def healthy_first(self, replicas: list[str]) -> list[str]:
         """Replicas in the given order, except that servers which just timed out go
         last: one dead chunkserver then costs one timeout, not one per chunk."""
         now = time.monotonic()
@@ -430,7 +430,7 @@ class Client:
         tried: list[str] = []
         deadline = time.monotonic() + LOCATE_WAIT
         while True:
-            for ep in self._healthy_first(replicas):
+            for ep in self.healthy_first(replicas):
                 if ep in tried:
                     continue
                 tried.append(ep)

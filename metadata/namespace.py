@@ -191,6 +191,16 @@ def _chunk_ids(name: str, v: Any) -> list[bytes]:
     return [chunk_id(f"{name}[{i}]", x) for i, x in enumerate(v)]
 
 
+def _paths(name: str, v: Any) -> list[Any]:
+    """A list of up to MAX_PAGE paths; each is checked when it is looked up, so one
+    bad path fails alone."""
+    if type(v) not in (list, tuple):
+        raise _bad(name, "a list of paths", v)
+    if len(v) > MAX_PAGE:
+        raise DfsError("E2BIG", f"{name}: more than {MAX_PAGE} paths")
+    return list(v)
+
+
 def _chunk_id_after(name: str, v: Any) -> bytes:
     return chunk_id(name, v)
 
@@ -325,6 +335,7 @@ QUERIES: dict[str, dict[str, tuple[Any, Any]]] = {
     "listxattr": {"path": (_path, REQ)},
     "statfs": {},
     "file_chunks": {"path": (_path, REQ)},
+    "files_chunks": {"paths": (_paths, REQ)},
     "exists": {"chunk_ids": (_chunk_ids, REQ)},
     "chunk_refs": {"chunk_ids": (_chunk_ids, None)},
     "all_chunks": {"after": (_chunk_id_after, None), "limit": (_limit, 1000)},
@@ -1005,6 +1016,11 @@ class Namespace:
             "version": node.version,
             "ino": node.ino,
         }
+
+    def _op_files_chunks(self, a: dict, ts: None) -> dict:
+        """files_chunks(paths) -> files: file_chunks of each path, in order (a reader
+        of a whole tree asks once per directory page, not once per file)."""
+        return {"ok": True, "files": [self.query("file_chunks", {"path": p}) for p in a["paths"]]}
 
     def _op_exists(self, a: dict, ts: None) -> dict:
         """exists(chunk_ids) -> referenced: [bool] in the same order (for dedup)."""

@@ -224,6 +224,8 @@ class MetadataNode:
         op, args = call.request.op.removeprefix("md."), call.fields.get("args") or {}
         if op == "file_chunks":
             self.driver.read(lambda: self._file_chunks(args), _answer_to(call))
+        elif op == "files_chunks":
+            self.driver.read(lambda: self._files_chunks(args), _answer_to(call))
         else:
             self.driver.read(lambda: self.ns.query(op, args), _answer_to(call))
         return rpc.DEFERRED
@@ -234,6 +236,14 @@ class MetadataNode:
         if result.get("ok"):
             ids = list(dict.fromkeys(c for c, _ in result["extents"] if c))
             result["locations"] = self.registry.locate(ids)
+        return result
+
+    def _files_chunks(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Many files' extents plus one map of where all their chunks are."""
+        result = self.ns.query("files_chunks", args)
+        if result.get("ok"):
+            ids = {c: None for f in result["files"] if f["ok"] for c, _ in f["extents"] if c}
+            result["locations"] = self.registry.locate(list(ids))
         return result
 
     def _leader_op(self, call: rpc.Call) -> Any:

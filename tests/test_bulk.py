@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from dfs.bulk import BATCH_FILES, LocalTree, put_tree
+from dfs.bulk import BATCH_FILES, LocalTree, RemoteTree, get_tree, put_tree
 from dfs.client import Client
 from tools.cluster import LocalCluster
 
@@ -79,3 +79,27 @@ def test_put_tree_reports_failures_and_keeps_the_rest(dfs_client: Client, tmp_pa
     assert all(f.why for f in failures)
     assert dfs_client.read_bytes("/bulk-fail/fine") == b"fine"
     assert dfs_client.stat("/bulk-fail/blocker")["type"] == "file"
+
+
+def test_get_tree_roundtrip_and_failures(
+    dfs_client: Client, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    want = make_tree(src, BATCH_FILES + 20)
+    assert put_tree(dfs_client, LocalTree.scan(src), "/bulk-get") == []
+    tree = RemoteTree.scan(dfs_client, "/bulk-get")
+    assert len(tree.files) == len(want) and tree.links == ["/bulk-get/link"]
+    out = tmp_path / "out"
+    assert get_tree(dfs_client, tree, out) == []
+    for rel, data in want.items():
+        assert (out / rel).read_bytes() == data, rel
+    assert (out / "d1" / "e1" / "f1.txt").stat().st_mode & 0o777 == 0o600
+    assert os.readlink(out / "link") == "d0/e0/f0.txt"
+    assert (out / "nothing-here").is_dir()
+    assert not list(out.rglob(".*dfs-part*"))
+    # a file removed after the scan fails alone; the others still arrive
+    dfs_client.remove("/bulk-get/d2/e2/f2.txt")
+    out2 = tmp_path / "out2"
+    failures = get_tree(dfs_client, tree, out2)
+    assert [f.path for f in failures] == ["/bulk-get/d2/e2/f2.txt"]
+    assert (out2 / "d3" / "e0" / "f3.txt").read_bytes() == want["d3/e0/f3.txt"]

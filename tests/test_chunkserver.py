@@ -181,3 +181,19 @@ def test_put_many(start_chunkserver, client: RpcClient) -> None:
         assert exc.value.code == code
     assert client.call(cs.endpoint, "cs.has", {"ids": [other]}).fields["has"] == [False]
     assert client.call(cs.endpoint, "cs.stat").fields["chunks"] == 3
+
+
+def test_get_many(start_chunkserver, client: RpcClient) -> None:
+    cs = start_chunkserver("cs1")
+    chunks = [chunk(n) for n in (1, 5000, 300_000)]
+    for cid, data in chunks:
+        client.call(cs.endpoint, "cs.put", {"id": cid}, [data])
+    absent = chunk(10)[0]
+    ids = [chunks[0][0], absent, chunks[1][0], chunks[2][0]]
+    reply = client.call(cs.endpoint, "cs.get_many", {"ids": ids})
+    assert reply.fields["sizes"] == [1, -1, 5000, 300_000]
+    assert reply.fields["failed"] == {absent: "ENOENT"}
+    assert bytes(reply.frames[0]) == b"".join(d for _, d in chunks)
+    with pytest.raises(DfsError) as exc:
+        client.call(cs.endpoint, "cs.get_many", {"ids": ["../etc/passwd"]})
+    assert exc.value.code == "EINVAL"

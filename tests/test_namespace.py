@@ -602,3 +602,16 @@ def test_batch_exactly_once(fs: NS) -> None:
 )
 def test_batch_bad_input(fs: NS, ops: Any, code: str) -> None:
     assert fs.err("batch", ops=ops) == code
+
+
+def test_files_chunks(fs: NS) -> None:
+    c = cid(9)
+    fs.ok("mkdir", path="/d")
+    fs.ok("commit", path="/d/a", extents=[[c, 5], [None, 3]])
+    r = fs.q("files_chunks", paths=["/d/a", "/d/missing", "/d", "/d/../etc"])
+    assert r["ok"]
+    a, missing, d, bad = r["files"]
+    assert a["extents"] == [[c, 5], [None, 3]] and a["size"] == 8
+    assert (missing["code"], d["code"], bad["code"]) == ("ENOENT", "EISDIR", "EINVAL")
+    assert fs.q("files_chunks", paths="/d/a")["code"] == "EINVAL"
+    assert fs.q("files_chunks", paths=["/x"] * (MAX_PAGE + 1))["code"] == "E2BIG"
