@@ -86,6 +86,41 @@ def test_big_file_middle_overwrite_keeps_other_chunks(env, d: Path) -> None:  # 
     assert len(kept) >= len(before) - 3  # only the chunk(s) around the write changed
 
 
+def test_cached_pages_never_outlive_their_content(env, d: Path) -> None:  # type: ignore[no-untyped-def]
+    """keep_cache on open: re-reads of unchanged files come from the kernel's pages,
+    and every way the content behind a name can change here drops them."""
+    a, b, c = d / "a", d / "b", d / "c"
+    a.write_bytes(b"A" * 100_000)
+    assert a.read_bytes() == b"A" * 100_000  # pages cached for a
+    assert a.read_bytes() == b"A" * 100_000  # kept: same content
+    os.link(a, b)  # a second name, its own kernel inode
+    with open(b, "r+b") as fh:
+        fh.write(b"B" * 10)
+    assert a.read_bytes() == b"B" * 10 + b"A" * 99_990  # written through the other name
+    c.write_bytes(b"C" * 100_000)
+    assert c.read_bytes() == b"C" * 100_000
+    os.rename(c, a)  # a's name now holds c's content
+    assert a.read_bytes() == b"C" * 100_000
+    c.write_bytes(b"D" * 50)  # a new file at a name whose old pages were read
+    assert c.read_bytes() == b"D" * 50
+    cl = dfs.connect(str(env.cluster_file))  # changed behind the mount's back
+    try:
+        cl.write_bytes(f"/{d.name}/c", b"E" * 50)
+    finally:
+        cl.close()
+    assert c.read_bytes() == b"E" * 50
+
+
+def test_big_sequential_read_twice(d: Path) -> None:
+    data = os.urandom(40 << 20)
+    f = d / "seq"
+    f.write_bytes(data)
+    for _ in range(2):  # the second read is from the kernel's pages
+        with open(f, "rb") as fh:
+            got = b"".join(iter(lambda: fh.read(1 << 20), b""))
+        assert got == data
+
+
 def test_truncate_down_and_up_reads_zeros(d: Path) -> None:
     f = d / "t"
     f.write_bytes(b"a" * 10000)

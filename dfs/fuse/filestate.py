@@ -115,6 +115,13 @@ class Writeback:
         p.data = None
         p.done.set()
 
+    def put_small_later(self, p: Pending, rep: int) -> None:
+        """put_small on the upload pool (the caller goes on; a commit waits for p)."""
+        try:
+            self._pool.submit(self.put_small, p, rep)
+        except RuntimeError:  # shutting down: do it here
+            self.put_small(p, rep)
+
     def submit(self, chunks: list[Pending], rep: int) -> None:
         n = sum(p.length for p in chunks)
         with self._cond:
@@ -176,6 +183,7 @@ class FileState:
         self.mtime_ns: int | None = None
         self._last_read_end = 0
         self._ra_index = -1  # extent whose readahead was started last
+        self._dropped = 0  # extents before this one were dropped from the cache (read)
         # a file created on this mount and not committed yet (lazy create): the
         # first commit creates it, with these owner/mode bits
         self.new = False
@@ -271,6 +279,13 @@ class FileState:
         ahead = [r for r, _n in self.ext[i + 1 : i + 1 + READAHEAD_CHUNKS] if type(r) is str]
         if ahead:
             self.fs.cache.prefetch(ahead)
+        done = i - 1  # extents before this one are behind the reader (i-1 may straddle)
+        if done > self._dropped:
+            keep = set(ahead)
+            keep.add(self.ext[i][0])
+            behind = self.ext[max(self._dropped, done - 64) : done]
+            self.fs.cache.drop([r for r, _n in behind if type(r) is str and r not in keep])
+            self._dropped = done
 
     def _read_slow(self, off: int, n: int) -> bytes:
         with self.mu:
@@ -397,7 +412,22 @@ class FileState:
 
     # ------------------------------------------------------------ sealing
 
-    def _seal(self, final: bool) -> None:
+    def upload_early(self) -> None:
+        """The writer of a small new file sets its times, owner or mode, as tar and
+        cp -p do once the content is written: start its upload now, so it overlaps
+        those calls instead of starting at close (which still waits for it). A
+        later write just splices in another chunk."""
+        with self.mu:
+            if (
+                self.new
+                and len(self._starts) == 1
+                and self._starts[0] == 0
+                and self.dirty_bytes == self.size < SMALL_CHUNK
+                and not self.base
+            ):
+                self._seal(final=True, background=True)
+
+    def _seal(self, final: bool, background: bool = False) -> None:
         """Turn dirty intervals into (uploading) chunks in the extent list."""
         starts, bufs = self._starts, self._bufs
         self._starts, self._bufs = [], []
@@ -405,7 +435,9 @@ class FileState:
         small = final and len(starts) == 1
         for k, (a, buf) in enumerate(zip(starts, bufs)):
             at_eof = k == len(starts) - 1 and a + len(buf) >= self.size
-            kept = self._splice(a, buf, holdback=at_eof and not final, small=small)
+            kept = self._splice(
+                a, buf, holdback=at_eof and not final, small=small, background=background
+            )
             if kept:
                 self._starts.append(a + len(buf) - kept)
                 # all kept: nothing views buf, keep it; else copy the tail out of
@@ -413,7 +445,9 @@ class FileState:
                 self._bufs.append(buf if kept == len(buf) else buf[len(buf) - kept :])
                 self.dirty_bytes += kept
 
-    def _splice(self, a: int, data: bytearray, holdback: bool, small: bool = False) -> int:
+    def _splice(
+        self, a: int, data: bytearray, holdback: bool, small: bool = False, background: bool = False
+    ) -> int:
         """Replace bytes [a, a+len(data)) of the extents; returns bytes held back."""
         b = a + len(data)
         if a > self.base:
@@ -448,7 +482,10 @@ class FileState:
         new = [Pending(c) for c in cuts]
         self._set_extents(prefix + [[p, p.length] for p in new] + suffix)
         if small and len(new) == 1 and new[0].length < SMALL_CHUNK:
-            self.fs.writeback.put_small(new[0], self.rep)  # the commit waits for it anyway
+            if background:
+                self.fs.writeback.put_small_later(new[0], self.rep)
+            else:
+                self.fs.writeback.put_small(new[0], self.rep)  # the commit waits anyway
         else:
             self.fs.writeback.submit(new, self.rep)
         return kept

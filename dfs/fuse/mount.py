@@ -12,6 +12,7 @@ detaches the mount lazily, so it never hangs on a dead daemon.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ FSNAME = "dfs"
 MOUNT_WAIT = 30.0  # seconds the parent waits for the mount to appear
 META_DEADLINE = 15.0  # seconds a metadata call retries before the mount says EIO
 MAX_RW = 1 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def state_dir() -> Path:
@@ -221,6 +223,7 @@ def serve(
 
     deadline = float(os.environ.get("DFS_FUSE_TIMEOUT") or META_DEADLINE)
     set_metadata_deadline(deadline)
+    _keep_freed_memory()
     client = Client(config, timeout=min(10.0, deadline), workers=8)
     ops = DfsOperations(client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout)
     pf = pid_file(mountpoint)
@@ -261,6 +264,18 @@ def serve(
             pass
         client.close()
     return 0
+
+
+def _keep_freed_memory() -> None:
+    """Chunk-sized buffers (received frames, chunk bytes) come and go all the time:
+    keep freed ones in the heap for reuse. By default glibc maps and unmaps each,
+    paying a page fault and a page clear per 4 KiB every time (~10% of a read's CPU)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # the most glibc allows
+        libc.mallopt(M_TRIM_THRESHOLD, 512 << 20)
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt: %s", exc)
 
 
 def _tune_later(mountpoint: str) -> None:

@@ -136,6 +136,13 @@ class DfsOperations(Operations):
         self._pending: dict[str, FileState] = {}  # path -> created here, not committed yet
         self._fake_ino = itertools.count(1 << 56)  # provisional inode numbers
         self._alias: dict[int, int] = {}  # real ino -> provisional one this mount showed
+        # keep_cache: path -> (ino, version, rename generation) of the content the
+        # kernel's pages for that path may hold (libfuse keeps one kernel inode per path)
+        self._paged: dict[str, tuple[int, int, int]] = {}
+        self._renames = 0
+        self._opened: dict[
+            int, tuple[str, tuple[int, int, int], bool]
+        ] = {}  # fh -> path, key, keep
 
     # ------------------------------------------------------------ helpers
 
@@ -295,6 +302,35 @@ class DfsOperations(Operations):
         except Exception as exc:
             log.debug("invalidate %s: %s", path, exc)
 
+    def _note_pages(self, fh: int, path: str, ino: int, version: int, clean: bool) -> None:
+        """Decide keep_cache for this open: the kernel may keep the pages it holds
+        for ``path`` only when they are of this very content (same inode, same
+        version, no rename since). Close-to-open holds: any other content drops them."""
+        key = (ino, version, self._renames)
+        with self._mu:
+            keep = clean and self._paged.get(path) == key
+            self._paged[path] = key
+            if len(self._paged) > 100_000:
+                self._paged.clear()
+            self._opened[fh] = (path, key, keep)
+
+    def keeps_cache(self, fh: int) -> bool:
+        """Whether open() may tell the kernel to keep the file's cached pages."""
+        got = self._opened.get(fh)
+        return got is not None and got[2]
+
+    def _pages_closed(self, fh: int, st: FileState) -> None:
+        """A handle closed: if the content changed while it was open (written here,
+        maybe through another name), the pages are not known to match any version."""
+        with self._mu:
+            got = self._opened.pop(fh, None)
+            if got is None:
+                return
+            path, key, _keep = got
+            changed = st.version != key[1] or st.modified or st.ino != key[0]
+            if changed and self._paged.get(path) == key:
+                del self._paged[path]
+
     # ------------------------------------------------------------ lifecycle
 
     def destroy(self, path: str) -> None:
@@ -339,6 +375,7 @@ class DfsOperations(Operations):
             with pend.mu:
                 if pend.new:  # folded into the creating commit
                     pend.attrs = {**pend.attrs, "mode": stat.S_IFREG | (mode & 0o7777)}
+                    pend.upload_early()
                     return 0
         self._forget(path)
         self.ns("setattr", True, path=path, mode=mode & 0o7777)
@@ -360,6 +397,7 @@ class DfsOperations(Operations):
             with pend.mu:
                 if pend.new:  # folded into the creating commit
                     pend.attrs = {**pend.attrs, **args}
+                    pend.upload_early()
                     return 0
         # the kernel clears setuid/setgid itself (ATTR_KILL_SUID/SGID become a mode
         # change sent with this chown), so no extra round trip for it here
@@ -389,6 +427,7 @@ class DfsOperations(Operations):
                     if mt is not None:
                         st.deferred["mtime"] = mt
                         st.mtime_ns = now if mt == "now" else mt
+                    st.upload_early()
                     return 0
         self._forget(path)
         self.ns("setattr", True, path=path, atime=at, mtime=mt)
@@ -479,6 +518,7 @@ class DfsOperations(Operations):
         self._forget_tree(old)
         self._forget_tree(new)
         self.ns("rename", True, src=old, dst=new, noreplace=bool(flags & RENAME_NOREPLACE))
+        self._renames += 1  # the kernel's inodes moved with their pages: trust none
         self._forget(_parent(old))
         self._forget(_parent(new))
         self._repath(new, None)
@@ -570,8 +610,10 @@ class DfsOperations(Operations):
         if told is not None and told != (info["version"], info["size"]):
             self._invalidate(path)  # changed elsewhere since the kernel cached it
         self._told.pop(ino, None)
+        before = self._states.get(ino)
         fh = self._attach(info, path, None)
         st = self._handles[fh]
+        self._note_pages(fh, path, ino, info["version"], before is None or not before.modified)
         if not st.attrs:
             try:
                 st.attrs = self.ns("getattr", path=path)["attrs"]
@@ -702,6 +744,7 @@ class DfsOperations(Operations):
             if st.modified:
                 st.commit(path)
         finally:
+            self._pages_closed(fh, st)
             with self._mu:
                 st.refs -= 1
                 if st.refs <= 0 and self._states.get(st.ino) is st and not st.modified:
@@ -834,6 +877,13 @@ def _user_name(uid: int) -> str:
 class DfsFUSE(mfusepy.FUSE):
     """mfusepy's FUSE, passing rename's flags (RENAME_NOREPLACE) on to the operations,
     and reading straight into the kernel's buffer (one copy per 1 MiB read, not three)."""
+
+    def open(self, path: bytes, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.open(path.decode(self.encoding, self.errors), fi.flags)
+        if self.operations.keeps_cache(fi.fh):
+            fi.keep_cache = 1
+        return 0
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         dst = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
