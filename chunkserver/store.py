@@ -26,7 +26,6 @@ flipped bit anywhere in the file is caught without hashing the whole chunk with 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
@@ -35,7 +34,8 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import xxhash
@@ -62,6 +62,7 @@ SAMPLE_SIZE = 16 * 1024
 SAMPLE_COUNT = 4
 
 TMP_PREFIX = ".tmp."
+SYNC_THREADS = 16  # fsyncs of one put_many in flight at once
 _ID_RE = re.compile(r"[0-9a-fA-F]{64}")
 _LOWER_ID_RE = re.compile(r"[0-9a-f]{64}")
 FANOUT_CHARS = 3  # chunks/abc/<id>: 4096 directories
@@ -105,16 +106,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _syncfs(path: Path) -> None:
-    """Flush the whole file system holding ``path`` in one call (Linux syncfs)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        if _LIBC.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -173,6 +168,7 @@ class ChunkStore:
         self.capacity = int(capacity)
 
         self._lock = threading.Lock()  # guards the counters, sets and id-lock table
+        self._sync_pool: ThreadPoolExecutor | None = None  # made on first put_many
         self._id_locks: dict[str, list] = {}  # id -> [Lock, users]
         self._local = threading.local()  # per-thread zstd (de)compressors
         self._used = 0
@@ -333,10 +329,11 @@ class ChunkStore:
         return True
 
     def put_many(self, items: list[tuple[str, memoryview]], verify: bool = True) -> list[bool]:
-        """Store many (small) chunks durably with two file-system flushes in all,
-        not two fsyncs each: write every temp file, syncfs, rename them into place,
-        syncfs. The order is the one of put (content durable before its name
-        appears, the name durable before we answer). Returns created flags."""
+        """Store many (small) chunks durably, their fsyncs issued all at once so the
+        file system commits them together: write every temp file, fsync them in
+        parallel, rename them into place, fsync their directories in parallel.
+        The order is the one of put (content durable before its name appears,
+        the name durable before we answer). Returns created flags."""
         staged: list[tuple[int, str, Path, int]] = []  # (index, id, temp, bytes)
         created = [False] * len(items)
         try:
@@ -364,8 +361,7 @@ class ChunkStore:
                         self._reserved -= total
                     raise
                 staged.append((i, cid, tmp, total))
-            if staged:
-                _syncfs(self.chunks_dir)
+            self._in_parallel(_fsync_path, [tmp for _i, _c, tmp, _n in staged])
             for i, cid, tmp, _n in staged:
                 with self._id_lock(cid):
                     path = self._path(cid)
@@ -374,8 +370,7 @@ class ChunkStore:
                     else:
                         os.rename(tmp, path)
                         created[i] = True
-            if staged:
-                _syncfs(self.chunks_dir)
+            self._in_parallel(_fsync_dir, list({tmp.parent for _i, _c, tmp, _n in staged}))
         except OSError as exc:
             if _is_nospace(exc):
                 raise DfsError("ENOSPC", f"disk full while writing chunks under {self.root}")
@@ -393,6 +388,19 @@ class ChunkStore:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
         return created
+
+    def _in_parallel(self, fn: Callable[[Path], None], items: list[Path]) -> None:
+        """fn on each item from a small thread pool (fsyncs wait on the disk, not
+        the GIL, and the file system's journal commits concurrent ones together)."""
+        if len(items) <= 1:
+            for it in items:
+                fn(it)
+            return
+        with self._lock:
+            if self._sync_pool is None:
+                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+        for fut in [self._sync_pool.submit(fn, it) for it in items]:
+            fut.result()
 
     @staticmethod
     def _touch(path: Path) -> None:
