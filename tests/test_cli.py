@@ -66,6 +66,23 @@ def test_recursive_tree(cf: Path, tmp_path: Path) -> None:
     assert du["logical_bytes"] == sum(i * 100 for i in range(30))
 
 
+def test_recursive_put_reports_what_failed(cf: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a").write_bytes(b"a")
+    (tree / "b").write_bytes(b"b")
+    assert run(cf, "mkdir", "-p", "/cli-fail/t").returncode == 0
+    assert run(cf, "put", "-", "/cli-fail/t/sub", input=b"a file in the way").returncode == 0
+    r = run(cf, "put", "-r", str(tree), "/cli-fail")  # like cp -r: to /cli-fail/t
+    assert r.returncode == 1
+    assert b"cannot put '/cli-fail/t/sub'" in r.stderr
+    assert run(cf, "cat", "/cli-fail/t/b").stdout == b"b"  # the rest arrived
+    r = run(cf, "put", "-r", str(tree), "/cli-fail/t/b")  # a directory onto a file
+    assert r.returncode == 1 and b"/cli-fail/t/b" in r.stderr
+    r = run(cf, "get", "-r", "/cli-nothing", str(tmp_path / "x"))
+    assert r.returncode == 1 and b"No such file" in r.stderr
+
+
 def test_ls_stat_json_and_errors(cf: Path) -> None:
     assert run(cf, "mkdir", "-p", "/cli-x/y").returncode == 0
     assert run(cf, "put", "-", "/cli-x/y/f", input=b"hello").returncode == 0
