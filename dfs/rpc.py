@@ -42,6 +42,10 @@ ZERO_COPY_MIN = 64 * 1024  # frames smaller than this are cheaper to copy
 _inproc_ids = itertools.count()  # unique inproc names, even across id() reuse
 MAX_INBOUND_FRAME = wire.MAX_CHUNK_BYTES + wire.MAX_HEADER_BYTES + (1 << 20)
 DEFERRED = object()  # a handler's return value meaning "I will respond later"
+# pyzmq's flags and options are enums: ``NOBLOCK | SNDMORE`` costs a microsecond
+# through the enum machinery, so the hot paths use plain ints
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_RCVMORE, _RCVTIMEO = int(zmq.RCVMORE), int(zmq.RCVTIMEO)
 
 Handler = Callable[["Call"], Any]
 
@@ -238,7 +242,7 @@ class RpcServer:
     def _drain_replies(self) -> None:
         for _ in range(1000):
             try:
-                msg = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = self._replies.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(msg) > 1:  # one frame: a call_soon wake-up
@@ -248,7 +252,7 @@ class RpcServer:
         sock = self.sock
         for _ in range(1000):
             try:
-                peer = sock.recv(zmq.NOBLOCK)
+                peer = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return
             self._dispatch(peer, _recv_rest(sock))
@@ -309,7 +313,7 @@ class RpcServer:
 
     def _send_now(self, peer: Any, frames: Sequence[Any]) -> None:
         try:
-            _send_frames(self.sock, frames, zmq.NOBLOCK, peer)
+            _send_frames(self.sock, frames, _NOBLOCK, peer)
         except zmq.Again:
             log.warning("%s: reply dropped, peer queue full", self.name)
         except zmq.ZMQError as exc:
@@ -334,7 +338,7 @@ class Sender:
         if sock is None:
             sock = self._socks[endpoint] = _dealer(self.ctx, endpoint, self.security)
         try:
-            sock.send(wire.encode_request(0, op, fields)[0], zmq.NOBLOCK)
+            sock.send(wire.encode_request(0, op, fields)[0], _NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -364,10 +368,10 @@ def _recv_rest(sock: zmq.Socket) -> list[Frame]:
     (a header) as bytes, data frames as zero-copy buffers. Cheaper than
     recv_multipart, which builds a zmq.Frame per part and reads RCVMORE through
     a property: this path runs for every request and reply."""
-    if not sock.getsockopt(zmq.RCVMORE):
+    if not sock.getsockopt(_RCVMORE):
         return []
     parts: list[Frame] = [sock.recv()]
-    while sock.getsockopt(zmq.RCVMORE):
+    while sock.getsockopt(_RCVMORE):
         parts.append(sock.recv(copy=False).buffer)
     return parts
 
@@ -375,7 +379,7 @@ def _recv_rest(sock: zmq.Socket) -> list[Frame]:
 def _recv_rest_data(sock: zmq.Socket) -> list[Frame]:
     """Data frames after a header (RCVMORE already true): zero-copy buffers."""
     parts: list[Frame] = [sock.recv(copy=False).buffer]
-    while sock.getsockopt(zmq.RCVMORE):
+    while sock.getsockopt(_RCVMORE):
         parts.append(sock.recv(copy=False).buffer)
     return parts
 
@@ -385,9 +389,9 @@ def _send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int, first: Any
     than tracking a zero-copy buffer), big ones go zero-copy."""
     last = len(frames) - 1
     if first is not None:
-        sock.send(first, flags | (zmq.SNDMORE if last >= 0 else 0))
+        sock.send(first, flags | (_SNDMORE if last >= 0 else 0))
     for i, frame in enumerate(frames):
-        more = zmq.SNDMORE if i < last else 0
+        more = _SNDMORE if i < last else 0
         if isinstance(frame, bytes) and len(frame) < ZERO_COPY_MIN:
             sock.send(frame, flags | more)
         else:
@@ -532,7 +536,7 @@ class RpcClient:
         # the option is set only when the wait changes
         wait_ms = int(timeout * 1000) + 1
         if got[1] != wait_ms:
-            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            sock.setsockopt(_RCVTIMEO, wait_ms)
             got[1] = wait_ms
         deadline = time.monotonic() + timeout
         _send_frames(sock, msg, 0)
@@ -544,7 +548,7 @@ class RpcClient:
                 del socks[endpoint]
                 sock.close(linger=0)
                 raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}") from None
-            if sock.getsockopt(zmq.RCVMORE):
+            if sock.getsockopt(_RCVMORE):
                 parts.extend(_recv_rest_data(sock))
             try:
                 reply = wire.decode_reply(parts)
@@ -556,7 +560,7 @@ class RpcClient:
             # a late reply to an earlier call that timed out: wait for ours
             left = deadline - time.monotonic()
             wait_ms = max(1, int(left * 1000) + 1)
-            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            sock.setsockopt(_RCVTIMEO, wait_ms)
             got[1] = wait_ms
             if left <= 0:
                 del socks[endpoint]
@@ -611,7 +615,7 @@ class RpcClient:
             with self._lock:
                 self._direct_socks.append(push)
         try:
-            push.send(b"", zmq.NOBLOCK)
+            push.send(b"", _NOBLOCK)
         except zmq.Again:
             pass  # the I/O thread has wake-ups queued already
 
@@ -658,7 +662,7 @@ class RpcClient:
     def _drain(sock: zmq.Socket) -> None:
         while True:
             try:
-                sock.recv(zmq.NOBLOCK)
+                sock.recv(_NOBLOCK)
             except zmq.Again:
                 return
 
@@ -671,7 +675,7 @@ class RpcClient:
                 self._pending[out.req_id] = out.pending
             sock = self._socket_for(out.endpoint, poller)
             try:
-                _send_frames(sock, out.frames, zmq.NOBLOCK)
+                _send_frames(sock, out.frames, _NOBLOCK)
             except zmq.ZMQError as exc:
                 # a full queue to a dead peer: fail fast instead of blocking the loop
                 with self._lock:
@@ -684,10 +688,10 @@ class RpcClient:
     def _read_replies(self, sock: zmq.Socket) -> None:
         while True:
             try:
-                parts: list[Frame] = [sock.recv(zmq.NOBLOCK)]
+                parts: list[Frame] = [sock.recv(_NOBLOCK)]
             except zmq.Again:
                 return
-            if sock.getsockopt(zmq.RCVMORE):
+            if sock.getsockopt(_RCVMORE):
                 parts.extend(_recv_rest_data(sock))
             try:
                 reply = wire.decode_reply(parts)

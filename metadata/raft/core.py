@@ -150,6 +150,7 @@ class _PendingRead(NamedTuple):
 
 
 _WON, _LOST, _PENDING = 1, 2, 3
+_FOREVER = 1 << 62  # a tick count no node reaches
 STALL_HEARTBEATS = 3
 
 
@@ -195,6 +196,7 @@ class RaftNode:
         self.term_start = 0  # index of this leader's no-op
         self.ticks = 0  # ticks since this node started: the lease clock
         self.lease_forfeit = False  # sent TimeoutNow this term: no lease until the next
+        self._lease_end: int | None = None  # memo of _lease_end_tick(); None: recompute
 
         self.read_seq = 0
         self.pending_reads: deque[_PendingRead] = deque()
@@ -463,6 +465,7 @@ class RaftNode:
         self.randomized_timeout = self.rng.randrange(n, 2 * n)
         self.votes = {}
         self.progress = {}
+        self._lease_end = None
         self.lead_transferee = NONE
         self.pending_reads.clear()
         self.reads_waiting_commit.clear()
@@ -480,6 +483,7 @@ class RaftNode:
         self.votes = {}
         self.leader_id = NONE
         self.progress = {}
+        self._lease_end = None
         self.role = Role.PRE_CANDIDATE
 
     def _become_candidate(self) -> None:
@@ -714,6 +718,7 @@ class RaftNode:
             self._heartbeat_response_flow(m.frm, pr)
             if m.sent_tick > pr.lease_ack:
                 pr.lease_ack = m.sent_tick
+                self._lease_end = None
             if m.read_seq > pr.read_ack:
                 pr.read_ack = m.read_seq
                 self._check_reads()
@@ -938,12 +943,24 @@ class RaftNode:
         cfg = self.cfg
         if not cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
             return False
+        end = self._lease_end
+        if end is None:  # acks or voters changed: every read between asks again
+            end = self._lease_end = self._lease_end_tick()
+        return self.ticks < end
+
+    def _lease_end_tick(self) -> int:
+        """The tick our lease runs to: the quorum's latest acknowledged heartbeat
+        (our own entry is now, later than any ack, so it counts as forever) plus
+        election_ticks - lease_drift_ticks; -1 while no quorum acknowledged one."""
+        cfg = self.cfg
         acks = sorted(
-            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
+            (_FOREVER if v == self.id else self.progress[v].lease_ack for v in self.voters),
             reverse=True,
         )
         start = acks[len(acks) // 2]
-        return start >= 0 and self.ticks < start + cfg.election_ticks - cfg.lease_drift_ticks
+        if start < 0:
+            return -1
+        return _FOREVER if start == _FOREVER else start + cfg.election_ticks - cfg.lease_drift_ticks
 
     def _send_timeout_now(self, to: int) -> None:
         self.lease_forfeit = True
@@ -1000,6 +1017,7 @@ class RaftNode:
 
     def _update_voters(self) -> None:
         """The configuration is the last one in the log, committed or not."""
+        self._lease_end = None
         if self.conf_indexes:
             self.voters = ConfChange.decode(self.log.entry(self.conf_indexes[-1]).data).voters
         else:
@@ -1011,6 +1029,7 @@ class RaftNode:
             self._check_reads()
 
     def _sync_progress(self) -> None:
+        self._lease_end = None
         for v in self.voters:
             if v != self.id and v not in self.progress:
                 pr = Progress(self.log.last_index() + 1, self.cfg.max_inflight)

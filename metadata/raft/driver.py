@@ -130,13 +130,16 @@ class RaftDriver:
         """Run ``fn`` linearizably (under the leader's lease, else after a ReadIndex
         round) and pass its result to ``done``."""
 
-        def queue_read() -> None:
-            if not self.is_leader:
-                done(self.not_leader())
-            elif not self._read_now(fn, done):
-                self._read_batch.append((fn, done))
+        if self.server.on_loop():
+            self._queue_read(fn, done)
+        else:
+            self.server.call_soon(lambda: self._queue_read(fn, done))
 
-        self._on_loop(queue_read)
+    def _queue_read(self, fn: Callable[[], Any], done: Done) -> None:
+        if self.raft.role != Role.LEADER:
+            done(self.not_leader())
+        elif not self._read_now(fn, done):
+            self._read_batch.append((fn, done))
 
     def _read_now(self, fn: Callable[[], Any], done: Done) -> bool:
         """Serve a read on the spot when the core would answer its ReadIndex in the
