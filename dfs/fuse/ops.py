@@ -331,6 +331,12 @@ class DfsOperations(Operations):
             if changed and self._paged.get(path) == key:
                 del self._paged[path]
 
+    def _set(self, path: str, **args: Any) -> None:
+        """setattr on the cluster; its reply answers the getattr libfuse sends next."""
+        a = self.ns("setattr", True, path=path, **args).get("attrs")
+        if a is not None and a.get("ino") not in self._states:
+            self._just_made(path, a)
+
     # ------------------------------------------------------------ lifecycle
 
     def destroy(self, path: str) -> None:
@@ -378,7 +384,7 @@ class DfsOperations(Operations):
                     pend.upload_early()
                     return 0
         self._forget(path)
-        self.ns("setattr", True, path=path, mode=mode & 0o7777)
+        self._set(path, mode=mode & 0o7777)
         return 0
 
     @_op
@@ -402,7 +408,7 @@ class DfsOperations(Operations):
         # the kernel clears setuid/setgid itself (ATTR_KILL_SUID/SGID become a mode
         # change sent with this chown), so no extra round trip for it here
         self._forget(path)
-        self.ns("setattr", True, path=path, **args)
+        self._set(path, **args)
         return 0
 
     @_op
@@ -430,7 +436,7 @@ class DfsOperations(Operations):
                     st.upload_early()
                     return 0
         self._forget(path)
-        self.ns("setattr", True, path=path, atime=at, mtime=mt)
+        self._set(path, atime=at, mtime=mt)
         return 0
 
     @_op
