@@ -442,7 +442,7 @@ class BulkDownloader:
         one of its replicas, spread evenly), then one by one for what that missed."""
         per_server: dict[str, list[str]] = {}
         for cid in wanted:
-            reps = self.client.healthy_first(locations.get(cid) or [])
+            reps = self.client.healthy_first(locations.get(cid) or [], cid)
             if reps:
                 ep = min(reps[:2], key=lambda e: len(per_server.get(e, ())))
                 per_server.setdefault(ep, []).append(cid)

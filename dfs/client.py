@@ -417,9 +417,14 @@ class Client:
             return None, length
         return self._pool.submit(self.fetch_chunk, cid, locations.get(cid)), length
 
-    def healthy_first(self, replicas: list[str]) -> list[str]:
-        """Replicas in the given order, except that servers which just timed out go
+    def healthy_first(self, replicas: list[str], cid: str | None = None) -> list[str]:
+        """Replicas in the order to try them. With ``cid``, the list is first rotated
+        by the chunk id, so a file's chunks are read from all their servers at once
+        rather than all from the first one listed. Servers that just timed out go
         last: one dead chunkserver then costs one timeout, not one per chunk."""
+        if cid is not None and len(replicas) > 1:
+            k = int(cid[:8], 16) % len(replicas)
+            replicas = replicas[k:] + replicas[:k]
         now = time.monotonic()
         return sorted(replicas, key=lambda ep: self._suspects.get(ep, 0.0) > now)
 
@@ -430,7 +435,7 @@ class Client:
         tried: list[str] = []
         deadline = time.monotonic() + LOCATE_WAIT
         while True:
-            for ep in self.healthy_first(replicas):
+            for ep in self.healthy_first(replicas, cid):
                 if ep in tried:
                     continue
                 tried.append(ep)
