@@ -121,6 +121,29 @@ def test_big_sequential_read_twice(d: Path) -> None:
         assert got == data
 
 
+def test_scattered_writes_past_the_seal_threshold(d: Path) -> None:
+    """Many small dirty intervals (more than the 16 MiB that start an upload), the
+    last one at EOF held back and then appended to: content stays exact."""
+    f = d / "scattered"
+    size = 40 << 20
+    want = bytearray(size)
+    with open(f, "wb") as fh:
+        fh.truncate(size)
+        for k in range(200):  # 200 x 100 KiB, one every 200 KiB
+            off = k * (200 << 10)
+            piece = os.urandom(100 << 10)
+            fh.seek(off)
+            fh.write(piece)
+            want[off : off + len(piece)] = piece
+        tail = os.urandom(3 << 20)
+        fh.seek(size)
+        fh.write(tail)
+        want += tail
+        fh.write(b"end")
+        want += b"end"
+    assert f.read_bytes() == want
+
+
 def test_truncate_down_and_up_reads_zeros(d: Path) -> None:
     f = d / "t"
     f.write_bytes(b"a" * 10000)

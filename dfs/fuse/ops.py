@@ -721,7 +721,9 @@ class DfsOperations(Operations):
         return st.read_into(offset, size, dst)
 
     @_op
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fh: int) -> int:
+        """``data`` may view the kernel's buffer (DfsFUSE.write): valid only during
+        this call, so it is copied, never kept."""
         st = self._handles.get(fh)
         if st is None:
             raise FuseOSError(errno.EBADF)
@@ -882,7 +884,7 @@ def _user_name(uid: int) -> str:
 
 class DfsFUSE(mfusepy.FUSE):
     """mfusepy's FUSE, passing rename's flags (RENAME_NOREPLACE) on to the operations,
-    and reading straight into the kernel's buffer (one copy per 1 MiB read, not three)."""
+    and reading into / writing from the kernel's buffers without intermediate copies."""
 
     def open(self, path: bytes, fip: Any) -> int:
         fi = fip.contents
@@ -890,6 +892,11 @@ class DfsFUSE(mfusepy.FUSE):
         if self.operations.keeps_cache(fi.fh):
             fi.keep_cache = 1
         return 0
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        src = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.write(name, memoryview(src).cast("B"), offset, fip.contents.fh)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         dst = (ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))
