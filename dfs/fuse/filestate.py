@@ -35,6 +35,7 @@ log = logging.getLogger("dfs.fuse.file")
 
 SEAL_BYTES = 16 << 20  # dirty bytes of one file that start a background upload
 READAHEAD_CHUNKS = 12  # chunks fetched ahead of a sequential reader
+OPEN_PREFETCH = 2  # chunks fetched as soon as a file is opened for reading
 NEAR = 4 << 20  # a read this close past the last one still counts as sequential
 SMALL_CHUNK = 1 << 20  # a file's only new chunk below this skips dedup and batch placement
 CHAIN_POOL = 64  # placements fetched at once for small files
@@ -273,6 +274,13 @@ class FileState:
         data = self._read_slow(off, n)
         dst[: len(data)] = data
         return len(data)
+
+    def prefetch_head(self) -> None:
+        """Start fetching the file's first chunks (opened for reading)."""
+        with self.mu:
+            head = [r for r, _n in self.ext[:OPEN_PREFETCH] if type(r) is str]
+        if head:
+            self.fs.cache.prefetch(head)
 
     def _readahead(self, i: int, off: int) -> None:
         """A sequential reader reached extent ``i``: start fetching the next ones."""

@@ -129,6 +129,7 @@ class DfsOperations(Operations):
         self._handles: dict[int, FileState] = {}
         self._fh = itertools.count(1)
         self._told: dict[int, tuple[int, int]] = {}  # ino -> (version, size) the kernel has
+        self._looked: dict[int, tuple[float, dict[str, Any]]] = {}  # file attrs just sent
         self._dirs: dict[str, tuple[float, dict[str, Any]]] = {}  # recent dir attrs
         self._fresh: dict[str, dict[str, Any]] = {}  # attrs a create/mkdir/link just returned
         self._xneg: dict[tuple[str, str], float] = {}  # recent "no such xattr" answers
@@ -164,6 +165,9 @@ class DfsOperations(Operations):
             self._told[a["ino"]] = (a["version"], size)
             if len(self._told) > 500_000:
                 self._told.clear()
+            self._looked[a["ino"]] = (time.monotonic() + self.attr_timeout, a)
+            if len(self._looked) > 10_000:
+                self._looked.clear()
         if a["type"] == "dir":
             size = BLOCK
         return {
@@ -356,9 +360,9 @@ class DfsOperations(Operations):
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
         st = self._handles.get(fh) if fh is not None else None
         if path is None:
-            if st is None or not st.attrs:
+            if st is None:
                 raise FuseOSError(errno.ENOENT)
-            return self._stat(st.attrs)
+            return self._stat(self._full_attrs(st))
         pend = self._pending_at(path)
         if pend is not None:
             return self._stat(pend.attrs)
@@ -371,6 +375,17 @@ class DfsOperations(Operations):
                 a = self.ns("getattr", path=path)["attrs"]
                 self._remember_dir(path, a)
         return self._stat(a)
+
+    def _full_attrs(self, st: FileState) -> dict[str, Any]:
+        """An open file's attributes. open() does not fetch them (file_chunks has
+        what reading needs, and the kernel asks by path): fetched on first use,
+        keeping the times set here meanwhile."""
+        if "mode" not in st.attrs:
+            if st.path is None:
+                raise FuseOSError(errno.ENOENT)
+            a = self.ns("getattr", path=st.path)["attrs"]
+            st.attrs = {**a, **st.attrs}
+        return st.attrs
 
     @_op
     def chmod(self, path: str | None, mode: int) -> int:
@@ -620,11 +635,21 @@ class DfsOperations(Operations):
         fh = self._attach(info, path, None)
         st = self._handles[fh]
         self._note_pages(fh, path, ino, info["version"], before is None or not before.modified)
-        if not st.attrs:
-            try:
-                st.attrs = self.ns("getattr", path=path)["attrs"]
-            except DfsError:
-                pass
+        if flags & os.O_ACCMODE == os.O_RDONLY and not self.keeps_cache(fh):
+            st.prefetch_head()  # the first read follows at once: its fetch starts now
+        if "mode" not in st.attrs:  # for fstat, even once unlinked: the lookup's, or asked
+            got = self._looked.get(ino)
+            if (
+                got is not None
+                and got[0] > time.monotonic()
+                and got[1]["version"] == info["version"]
+            ):
+                st.attrs = {**got[1], **st.attrs}
+            else:
+                try:
+                    self._full_attrs(st)
+                except (DfsError, FuseOSError):
+                    pass
         if flags & os.O_TRUNC and info["size"] + st.size:
             st.truncate(0)
         return fh
@@ -757,8 +782,7 @@ class DfsOperations(Operations):
                 st.refs -= 1
                 if st.refs <= 0 and self._states.get(st.ino) is st and not st.modified:
                     del self._states[st.ino]
-                    if st.attrs:
-                        self._told[st.ino] = (st.version, st.size)
+                    self._told[st.ino] = (st.version, st.size)
         return 0
 
     @_op
