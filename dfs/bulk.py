@@ -20,15 +20,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dfs import errors, paths
 from dfs.chunking import split_buffer
+from dfs.client import Client, Uploader, spread, transfer_timeout
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
-
-if TYPE_CHECKING:
-    from dfs.client import Client
 
 BATCH_FILES = 256  # files per batch (one log entry)
 BATCH_BYTES = 8 << 20  # bytes per batch: one put_many frame per server
@@ -239,7 +237,7 @@ class BulkUploader:
         unique = {cid: data for f in files for cid, data in f.chunks}
         if not unique:
             return {}
-        fields = {"ids": list(unique), "rep": self.rep}
+        fields = {"ids": list(unique), "rep": self.rep, "exclude": self.client.suspects()}
         placed = self.client.meta.call("md.place", fields)
         # group the missing chunks by the server each copy goes to
         per_server: dict[str, list[str]] = {}
@@ -253,7 +251,7 @@ class BulkUploader:
                 "cs.put_many",
                 {"ids": ids, "sizes": [len(unique[c]) for c in ids]},
                 [b"".join(unique[c] for c in ids)],
-                timeout=30,
+                timeout=transfer_timeout(sum(len(unique[c]) for c in ids)),
             )
             for ep, ids in per_server.items()
         }
@@ -265,6 +263,8 @@ class BulkUploader:
             except DfsError as exc:
                 if exc.code == errors.HASH_MISMATCH:
                     raise
+                if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                    self.client.suspect(ep)
                 failed[ep] = exc
                 continue
             for cid in per_server[ep]:
@@ -283,8 +283,6 @@ class BulkUploader:
     ) -> None:
         """Copies a failed server did not make go to other servers, one by one
         (the single-file path's re-placement), or the batch fails."""
-        from dfs.client import Uploader
-
         short = [cid for cid, eps in stored.items() if len(eps) < self.rep]
         if not short:
             return
@@ -442,20 +440,27 @@ class BulkDownloader:
         one of its replicas, spread evenly), then one by one for what that missed."""
         per_server: dict[str, list[str]] = {}
         for cid in wanted:
-            reps = self.client.healthy_first(locations.get(cid) or [], cid)
+            reps = self.client.healthy_first(spread(locations.get(cid), cid) or [])
             if reps:
                 ep = min(reps[:2], key=lambda e: len(per_server.get(e, ())))
                 per_server.setdefault(ep, []).append(cid)
         rpc = self.client.rpc
         futs = {
-            ep: rpc.call_async(ep, "cs.get_many", {"ids": ids}, timeout=30)
+            ep: rpc.call_async(
+                ep,
+                "cs.get_many",
+                {"ids": ids},
+                timeout=transfer_timeout(sum(wanted[c] for c in ids)),
+            )
             for ep, ids in per_server.items()
         }
         got: dict[str, bytes | memoryview] = {}
         for ep, fut in futs.items():
             try:
                 reply = RpcClient.wait(fut)
-            except DfsError:
+            except DfsError as exc:
+                if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                    self.client.suspect(ep)
                 continue  # each of its chunks is fetched alone below
             blob, at = memoryview(reply.frames[0]), 0
             for cid, n in zip(per_server[ep], reply.fields["sizes"]):

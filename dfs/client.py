@@ -415,16 +415,20 @@ class Client:
     ) -> tuple[Future | None, int]:
         if cid is None:
             return None, length
-        return self._pool.submit(self.fetch_chunk, cid, locations.get(cid)), length
+        return self._pool.submit(self.fetch_chunk, cid, spread(locations.get(cid), cid)), length
 
-    def healthy_first(self, replicas: list[str], cid: str | None = None) -> list[str]:
-        """Replicas in the order to try them. With ``cid``, the list is first rotated
-        by the chunk id, so a file's chunks are read from all their servers at once
-        rather than all from the first one listed. Servers that just timed out go
+    def suspect(self, endpoint: str) -> None:
+        """A chunkserver timed out or was unreachable: try it last for a while."""
+        self._suspects[endpoint] = time.monotonic() + SUSPECT_FOR
+
+    def suspects(self) -> list[str]:
+        """Chunkservers that failed us lately (to leave out of new placements)."""
+        now = time.monotonic()
+        return [ep for ep, until in self._suspects.items() if until > now]
+
+    def healthy_first(self, replicas: list[str]) -> list[str]:
+        """Replicas in the given order, except that servers which just timed out go
         last: one dead chunkserver then costs one timeout, not one per chunk."""
-        if cid is not None and len(replicas) > 1:
-            k = int(cid[:8], 16) % len(replicas)
-            replicas = replicas[k:] + replicas[:k]
         now = time.monotonic()
         return sorted(replicas, key=lambda ep: self._suspects.get(ep, 0.0) > now)
 
@@ -435,7 +439,7 @@ class Client:
         tried: list[str] = []
         deadline = time.monotonic() + LOCATE_WAIT
         while True:
-            for ep in self.healthy_first(replicas, cid):
+            for ep in self.healthy_first(replicas):
                 if ep in tried:
                     continue
                 tried.append(ep)
@@ -446,7 +450,7 @@ class Client:
                         self.stats.bad_replicas += 1
                         self.report_bad(cid, ep)
                     elif exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
-                        self._suspects[ep] = time.monotonic() + SUSPECT_FOR
+                        self.suspect(ep)
                     continue
                 data = reply.frames[0]
                 if hashlib.sha256(data).hexdigest() != cid:
@@ -468,6 +472,22 @@ class Client:
             errors.UNAVAILABLE,
             f"chunk {cid[:16]}...: no replica could serve it (tried {len(tried)})",
         )
+
+
+def spread(replicas: list[str] | None, cid: str) -> list[str] | None:
+    """The replicas rotated by the chunk id, so a file's chunks are read from all
+    their servers at once rather than all from the first one listed."""
+    if not replicas or len(replicas) < 2:
+        return replicas
+    k = int(cid[:8], 16) % len(replicas)
+    return replicas[k:] + replicas[:k]
+
+
+def transfer_timeout(nbytes: int, hops: int = 1) -> float:
+    """Seconds to wait for a chunk transfer: CHUNK_TIMEOUT per server in the chain
+    (each hop waits that long for the next) plus the bytes at a slow 20 MB/s, so
+    a dead server costs seconds, not a fixed half minute."""
+    return CHUNK_TIMEOUT * hops + nbytes / 20e6
 
 
 class Uploader:
@@ -512,6 +532,7 @@ class Uploader:
         unique = dict(batch)
         # one round trip: which chunks the cluster has (dedup) and where the rest go
         fields: dict[str, Any] = {"ids": list(unique), "rep": self.rep, "path": self.path}
+        fields["exclude"] = self.client.suspects()  # servers that just failed us
         r = self.client.meta.call("md.place", fields)
         self.rep = r["rep"]
         missing = [(cid, unique[cid]) for cid in r["missing"]]
@@ -523,13 +544,18 @@ class Uploader:
         for (cid, data), chain in zip(missing, r["chains"]):
             # asynchronous: many chunks in flight on one connection, no thread each
             if len(data) <= FANOUT_MAX:  # small: to every replica at once, one hop
+                wait = transfer_timeout(len(data))
                 futs = [
-                    rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=30) for ep in chain
+                    rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=wait) for ep in chain
                 ]
             else:  # big: once over our link, then down the chain of servers
                 futs = [
                     rpc.call_async(
-                        chain[0], "cs.put", {"id": cid, "forward": chain[1:]}, [data], timeout=30
+                        chain[0],
+                        "cs.put",
+                        {"id": cid, "forward": chain[1:]},
+                        [data],
+                        timeout=transfer_timeout(len(data), hops=2),  # a hop waits for the next
                     )
                 ]
             self._inflight.append((futs, cid, data, chain))
@@ -559,6 +585,8 @@ class Uploader:
                     failed.append(chain[i])
                 else:
                     failed.append(chain[min(len(got), len(chain) - 1)])
+                if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                    self.client.suspect(failed[-1])
         ok = list(dict.fromkeys(ok))
         if len(ok) < (self.rep or 1):
             ok = self.complete(cid, data, ok, failed, last)
@@ -582,7 +610,10 @@ class Uploader:
                 last = exc if isinstance(exc, DfsError) else last
                 targets = []
             rpc = self.client.rpc
-            futs = [rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=30) for ep in targets]
+            wait = transfer_timeout(len(data))
+            futs = [
+                rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=wait) for ep in targets
+            ]
             for ep, fut in zip(targets, futs):
                 try:
                     ok.extend(RpcClient.wait(fut).fields["stored"])

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from dfs.bulk import BATCH_FILES, LocalTree, RemoteTree, get_tree, put_tree
-from dfs.client import Client
+from dfs.client import Client, connect
 from tools.cluster import LocalCluster
 
 
@@ -103,3 +103,32 @@ def test_get_tree_roundtrip_and_failures(
     failures = get_tree(dfs_client, tree, out2)
     assert [f.path for f in failures] == ["/bulk-get/d2/e2/f2.txt"]
     assert (out2 / "d3" / "e0" / "f3.txt").read_bytes() == want["d3/e0/f3.txt"]
+
+
+def test_trees_survive_a_killed_chunkserver(tmp_path: Path) -> None:
+    """put -r with one of four chunkservers killed -9 (still placed on until it is
+    found dead): the copies it missed go elsewhere; get -r then reads around it."""
+    cl = LocalCluster(tmp_path / "c", 3, 4)
+    try:
+        cl.start(timeout=60)
+        c = connect(str(cl.cluster_file))
+        try:
+            src = tmp_path / "src"
+            want = make_tree(src, 200)
+            cl.chunkservers[0].kill()
+            assert put_tree(c, LocalTree.scan(src), "/t") == []
+            # every chunk has its 3 copies on live servers
+            dead = cl.chunkservers[0].endpoint
+            tree = RemoteTree.scan(c, "/t")
+            r = c.meta.call("md.files_chunks", {"args": {"paths": [p for p, _ in tree.files]}})
+            for cid, eps in r["locations"].items():
+                assert len([e for e in eps if e != dead]) >= 3, cid
+            cl.chunkservers[1].kill()  # now reads must avoid a second dead server
+            out = tmp_path / "out"
+            assert get_tree(c, tree, out) == []
+            for rel, data in want.items():
+                assert (out / rel).read_bytes() == data, rel
+        finally:
+            c.close()
+    finally:
+        cl.stop()
