@@ -186,8 +186,6 @@ class FileState:
         self.modified = False
         self.mtime_ns: int | None = None
         self._last_read_end = 0
-        self._ra_index = -1  # extent whose readahead was started last
-        self._dropped = 0  # extents before this one were dropped from the cache (read)
         # a file created on this mount and not committed yet (lazy create): the
         # first commit creates it, with these owner/mode bits
         self.new = False
@@ -207,6 +205,8 @@ class FileState:
             else:
                 out.append([ref, n])
         self.ext = out
+        self._ra_index = -1  # extent whose readahead was started last
+        self._dropped = 0  # extents before this one were dropped from the cache (read)
         self.offs: list[int] = []
         off = 0
         for _ref, n in out:
