@@ -396,7 +396,8 @@ class RaftNode:
             return True
         if self.hard_state() != self.prev_hs:
             return True
-        if SoftState(self.leader_id, self.role) != self.prev_soft:
+        ss = self.prev_soft  # field by field: no SoftState built per call
+        if self.leader_id != ss.leader_id or self.role != ss.role:
             return True
         limit = min(self.log.commit, self.log.last_index())
         if self._apply_handed < limit:
