@@ -10,7 +10,8 @@ Targets, each measured the same way:
 Figures: sequential write of SIZE MiB of random data (dd bs=1M, conv=fsync;
 local also writes 3 fsync'd copies at once, the ceiling of 3 replicas on one disk),
 sequential read after a remount (local: after dropping the page cache),
-untar of a real source tree (the Python stdlib) in files/s, and creates,
+untar of a real source tree (the Python stdlib) in files/s, reading that tree
+back after a remount (files/s), and creates,
 stats and unlinks per second of empty files.
 
     python -m tools.bench_fuse [--size-mb 1024] [--files 2000] [--json]
@@ -66,8 +67,14 @@ def run_passthrough(src: str, mp: str) -> None:
             out.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
             return out
 
-        def readdir(self, path: str, fh: int) -> list[str]:
-            return [".", "..", *os.listdir(self._p(path))]
+        def readdir(self, path: str, fh: int) -> list[Any]:
+            # with use_ino the entries need their inode numbers (0 hides them)
+            out: list[Any] = [".", ".."]
+            with os.scandir(self._p(path)) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.name, {"st_mode": st.st_mode, "st_ino": st.st_ino}, 0))
+            return out
 
         def mkdir(self, path: str, mode: int) -> None:
             os.mkdir(self._p(path), mode)
@@ -197,6 +204,8 @@ def measure(
     dest.mkdir()
     t = timed(lambda: subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True))
     out["untar_files_per_s"] = n_tar_files / t
+    remount()
+    out["read_tree_files_per_s"] = n_tar_files / timed(lambda: read_tree(dest))
     small = root / "small"
     small.mkdir()
     names = [small / f"f{i:05d}" for i in range(n_files)]
@@ -210,6 +219,18 @@ def measure(
     out["unlinks_per_s"] = n_files / timed(lambda: [os.unlink(p) for p in names])
     print(f"  {name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in out.items()), file=sys.stderr)
     return out
+
+
+def read_tree(root: Path) -> int:
+    """Read every file under ``root`` (many small files: open, read, close)."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+            n += 1
+    return n
 
 
 def make_tarball(work: Path) -> tuple[Path, int]:
@@ -331,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(results, indent=2))
     else:
-        keys = ["write_MBps", "read_MBps", "untar_files_per_s", "creates_per_s"]
+        keys = ["write_MBps", "read_MBps", "untar_files_per_s", "read_tree_files_per_s"]
+        keys += ["creates_per_s"]
         keys += ["stats_per_s", "unlinks_per_s"]
         names = [t for t in ("local", "passthrough", "dfs") if t in results]
         print(f"{'':20}" + "".join(f"{n:>14}" for n in names))
