@@ -824,9 +824,12 @@ class RaftNode:
         return False
 
     def _on_commit_advanced(self) -> None:
-        """After the leader's commit index moved: tell followers, release reads
-        that waited for this term's first commit, retire if we were removed."""
-        self._bcast_append(send_if_empty=True)
+        """After the leader's commit index moved: send followers what waits for
+        them (an empty append only to carry the commit index would cost every
+        node a message, a Ready and an answer per commit: the next append or
+        heartbeat carries it), release reads that waited for this term's first
+        commit, retire if we were removed."""
+        self._bcast_append(send_if_empty=False)
         if self.reads_waiting_commit and self.log.commit >= self.term_start:
             waiting, self.reads_waiting_commit = self.reads_waiting_commit, []
             for ctx, frm in waiting:
