@@ -1,12 +1,15 @@
 """Benchmark: metadata operations per second on a real 3-node cluster on loopback.
 
-    .venv/bin/python -m tools.bench_metadata [--seconds 5] [--clients 1,32] [--json]
+    .venv/bin/python -m tools.bench_metadata [--seconds 5] [--clients 1,32] [--json] [--floor]
 
 Creates, stats and renames with 1 and with 32 concurrent clients (client
 processes, each with its own connection; 32 clients run as 4 processes x 8
 threads). Every create and rename is committed through Raft (fsync'd on a
-majority); stats are linearizable reads (ReadIndex). The RAM/snapshot figures
-per million files come from tools/bench_namespace.py.
+majority); stats are linearizable reads (served under the leader's lease, else
+ReadIndex). ``--floor`` also times bare pyzmq round trips (a ROUTER that
+answers at once, no dfs code) in the same client shape: the ceiling any Python
+client and server reach on this machine. The RAM/snapshot figures per million
+files come from tools/bench_namespace.py.
 """
 
 from __future__ import annotations
@@ -91,11 +94,87 @@ def measure(cluster_file: str, op: str, clients: int, seconds: float) -> dict:
     }
 
 
+def _echo_server(ready: mp.Queue, stop: mp.Event) -> None:
+    """A bare ZeroMQ ROUTER that answers every request with a stat-sized reply."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    ready.put(f"tcp://127.0.0.1:{port}")
+    reply = b"r" * 200
+    while not stop.is_set():
+        if not sock.poll(100):
+            continue
+        while True:
+            try:
+                peer = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            sock.recv()
+            sock.send(peer, zmq.SNDMORE)
+            sock.send(reply)
+
+
+def _echo_client(ep: str, threads: int, seconds: float, out: mp.Queue) -> None:
+    import zmq
+
+    ctx = zmq.Context.instance()
+    counts = [0] * threads
+
+    def run(t: int) -> None:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 2000)
+        sock.connect(ep)
+        request, n = b"q" * 60, 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            sock.send(request)
+            sock.recv()
+            n += 1
+        counts[t] = n
+        sock.close(linger=0)
+
+    ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put(sum(counts))
+
+
+def zmq_floor(clients: int, seconds: float) -> float:
+    """Round trips/s of bare pyzmq (no dfs code at all) in the benchmark's shape:
+    the most this machine gives any Python client + server pair."""
+    procs_n = min(clients, 4)
+    ctx = mp.get_context("spawn")
+    ready, out, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_echo_server, args=(ready, stop))
+    server.start()
+    ep = ready.get(timeout=30)
+    ps = [
+        ctx.Process(target=_echo_client, args=(ep, clients // procs_n, seconds, out))
+        for _ in range(procs_n)
+    ]
+    for p in ps:
+        p.start()
+    total = sum(out.get(timeout=seconds + 60) for _ in ps)
+    for p in ps:
+        p.join()
+    stop.set()
+    server.join()
+    return total / seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--clients", default="1,32")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time bare pyzmq round trips in the same client shape (the ceiling)",
+    )
     a = p.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="dfs-bench-md-") as tmp:
@@ -107,11 +186,17 @@ def main() -> None:
                     results.append(measure(str(cluster.cluster_file), op, n, a.seconds))
         finally:
             cluster.stop()
+    if a.floor:
+        for n in (int(x) for x in a.clients.split(",")):
+            results.append({"op": "zmq-floor", "clients": n, "ops_per_s": zmq_floor(n, a.seconds)})
     if a.json:
         print(json.dumps(results, indent=2))
         return
     print(f"{'op':<8} {'clients':>7} {'ops/s':>10} {'median ms':>10} {'p99 ms':>8}")
     for r in results:
+        if "median_ms" not in r:  # the bare-zmq ceiling: a rate only
+            print(f"{r['op']:<8} {r['clients']:>7} {r['ops_per_s']:>10.0f}")
+            continue
         print(
             f"{r['op']:<8} {r['clients']:>7} {r['ops_per_s']:>10.0f} {r['median_ms']:>10.2f} "
             f"{r['p99_ms']:>8.2f}"
