@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import xxhash
 import zstandard
@@ -327,23 +326,39 @@ class ChunkStore:
 
     def put_many(self, items: list[tuple[str, memoryview]], verify: bool = True) -> list[bool]:
         """Store many (small) chunks durably, their fsyncs issued all at once so the
-        file system commits them together: each chunk is checked, compressed,
-        written to a temp file and fsync'd on a small thread pool; then all are
-        renamed into place and their directories fsync'd in parallel. The order is
-        the one of put (content durable before its name appears, the name durable
-        before we answer). Returns created flags."""
-        for i, (cid, mv) in enumerate(items):  # bad input fails before any write
-            validate_id(cid)
-            if mv.nbytes > self.max_chunk:
-                raise DfsError(errors.TOO_BIG, f"chunk #{i} is over {self.max_chunk} bytes")
-        outcomes = self._in_parallel(lambda it: self._stage(it[0], it[1], verify), items)
-        staged = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, tuple)]
+        file system commits them together: write every temp file, fsync them in
+        parallel, rename them into place, fsync their directories in parallel.
+        The order is the one of put (content durable before its name appears,
+        the name durable before we answer). Returns created flags."""
+        staged: list[tuple[int, str, Path, int]] = []  # (index, id, temp, bytes)
         created = [False] * len(items)
         try:
-            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
-            if failure is not None:
-                raise failure
-            for i, (cid, tmp, _n) in staged:
+            for i, (cid, mv) in enumerate(items):
+                cid = validate_id(cid)
+                if verify and hashlib.sha256(mv).hexdigest() != cid:
+                    raise DfsError(errors.HASH_MISMATCH, f"chunk #{i} does not hash to {cid}")
+                if mv.nbytes > self.max_chunk:
+                    raise DfsError(errors.TOO_BIG, f"chunk #{i} is over {self.max_chunk} bytes")
+                if self._path(cid).exists():
+                    self._touch(self._path(cid))
+                    continue
+                codec, payload = self._encode(mv)
+                stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
+                header = HEADER.pack(
+                    MAGIC, FORMAT_VERSION, codec, 0, stored, mv.nbytes,
+                    xxhash.xxh3_64_intdigest(payload),
+                )  # fmt: skip
+                total = HEADER_SIZE + stored
+                self._reserve(cid, total)
+                try:
+                    tmp = self._write_temp(cid, header, payload)
+                except BaseException:
+                    with self._lock:
+                        self._reserved -= total
+                    raise
+                staged.append((i, cid, tmp, total))
+            self._in_parallel(_fsync_path, [tmp for _i, _c, tmp, _n in staged])
+            for i, cid, tmp, _n in staged:
                 with self._id_lock(cid):
                     path = self._path(cid)
                     if path.exists():  # a concurrent put stored it meanwhile
@@ -351,67 +366,37 @@ class ChunkStore:
                     else:
                         os.rename(tmp, path)
                         created[i] = True
-            dirs = list({tmp.parent for _i, (_c, tmp, _n) in staged})
-            for o in self._in_parallel(_fsync_dir, dirs):
-                if isinstance(o, BaseException):
-                    raise o
+            self._in_parallel(_fsync_dir, list({tmp.parent for _i, _c, tmp, _n in staged}))
         except OSError as exc:
             if _is_nospace(exc):
                 raise DfsError("ENOSPC", f"disk full while writing chunks under {self.root}")
             raise DfsError("EIO", f"writing chunks: {exc}")
         finally:
             with self._lock:
-                for i, (cid, _tmp, n) in staged:
+                for i, cid, _tmp, n in staged:
                     self._reserved -= n
                     if created[i]:
                         self._used += n
                         self._count += 1
                         self._corrupt.discard(cid)
-            for i, (_cid, tmp, _n) in staged:
+            for i, _cid, tmp, _n in staged:
                 if not created[i]:  # a temp file not renamed into place
                     with contextlib.suppress(OSError):
                         os.unlink(tmp)
         return created
 
-    def _stage(self, cid: str, mv: memoryview, verify: bool) -> tuple[str, Path, int] | None:
-        """One chunk of a put_many, checked and written to an fsync'd temp file
-        (space reserved); None when it is stored already."""
-        cid = validate_id(cid)
-        if verify and hashlib.sha256(mv).hexdigest() != cid:
-            raise DfsError(errors.HASH_MISMATCH, f"content does not hash to {cid}")
-        if self._path(cid).exists():
-            self._touch(self._path(cid))
-            return None
-        codec, payload = self._encode(mv)
-        stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
-        header = HEADER.pack(
-            MAGIC, FORMAT_VERSION, codec, 0, stored, mv.nbytes, xxhash.xxh3_64_intdigest(payload)
-        )
-        total = HEADER_SIZE + stored
-        self._reserve(cid, total)
-        try:
-            tmp = self._write_temp(cid, header, payload)
-        except BaseException:
-            with self._lock:
-                self._reserved -= total
-            raise
-        return cid, tmp, total
-
-    def _in_parallel(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """fn on each item from a small thread pool (hashing, compressing and fsync
-        release the GIL, and the file system's journal commits concurrent fsyncs
-        together). Each item's result, or the exception it raised."""
+    def _in_parallel(self, fn: Callable[[Path], None], items: list[Path]) -> None:
+        """fn on each item from a small thread pool (fsyncs wait on the disk, not
+        the GIL, and the file system's journal commits concurrent ones together)."""
+        if len(items) <= 1:
+            for it in items:
+                fn(it)
+            return
         with self._lock:
             if self._sync_pool is None:
-                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="put-many")
-        futs = [self._sync_pool.submit(fn, it) for it in items]
-        out: list[Any] = []
-        for fut in futs:
-            try:
-                out.append(fut.result())
-            except BaseException as exc:  # returned: the caller cleans up the others
-                out.append(exc)
-        return out
+                self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fsync")
+        for fut in [self._sync_pool.submit(fn, it) for it in items]:
+            fut.result()
 
     @staticmethod
     def _touch(path: Path) -> None:
@@ -421,12 +406,11 @@ class ChunkStore:
             os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
 
     def _write_temp(self, cid: str, header: bytes, payload: bytes | memoryview) -> Path:
-        """A chunk's bytes in an fsync'd temp file of its directory."""
+        """A chunk's bytes in a temp file of its directory, not yet fsync'd."""
         tmp = self._ensure_dir(cid) / f"{TMP_PREFIX}{cid}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             _writev_all(fd, [header, memoryview(payload)])
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
