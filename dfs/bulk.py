@@ -58,6 +58,7 @@ class LocalTree:
     dirs: list[tuple[Path, int]] = field(default_factory=list)  # (path, mode), parents first
     links: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)  # (path, size)
+    specials: list[tuple[Path, int, int]] = field(default_factory=list)  # FIFOs...: mode, rdev
 
     @classmethod
     def scan(cls, root: Path) -> LocalTree:
@@ -79,6 +80,8 @@ class LocalTree:
                     tree.links.append(p)
                 elif stat.S_ISREG(st.st_mode):
                     tree.files.append((p, st.st_size))
+                else:  # FIFOs, sockets, devices: kept as metadata, like the mount does
+                    tree.specials.append((p, st.st_mode, st.st_rdev))
         return tree
 
     @property
@@ -112,9 +115,13 @@ def put_tree(
         {"op": "symlink", "args": {"target": os.readlink(p), "path": tree.remote(target, p), **ids}}
         for p in tree.links
     ]
-    failures += [
-        f for f, _ in bulk.run_ops(links, [tree.remote(target, p) for p in tree.links]) if f
+    links += [
+        {"op": "mknod", "args": {"path": tree.remote(target, p), "mode": m, "rdev": r, **ids}}
+        for p, m, r in tree.specials
     ]
+    names = [tree.remote(target, p) for p in tree.links]
+    names += [tree.remote(target, p) for p, _m, _r in tree.specials]
+    failures += [f for f, _ in bulk.run_ops(links, names) if f]
     small: dict[int, list[tuple[Path, str, int]]] = {}
     big: list[tuple[Path, str]] = []
     for p, size in tree.files:
@@ -316,6 +323,7 @@ class RemoteTree:
     dirs: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     files: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    specials: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @classmethod
     def scan(cls, client: Client, root: str) -> RemoteTree:
@@ -332,6 +340,8 @@ class RemoteTree:
                     tree.links.append(p)
                 elif a["type"] == "file":
                     tree.files.append((p, a))
+                else:
+                    tree.specials.append((p, a))
         tree.dirs.sort()
         return tree
 
@@ -360,6 +370,11 @@ def get_tree(
             os.symlink(client.readlink(link), target)
         except (DfsError, OSError) as exc:
             failures.append(Failure(link, getattr(exc, "message", None) or str(exc)))
+    for path, attrs in tree.specials:
+        try:
+            _make_special(tree.local(dest, path), attrs)
+        except OSError as exc:
+            failures.append(Failure(path, exc.strerror or str(exc)))
     small = [(p, a) for p, a in tree.files if a["size"] <= client.chunking.min_size]
     big = [(p, a) for p, a in tree.files if a["size"] > client.chunking.min_size]
     fetcher = BulkDownloader(client, tree, dest, progress)
@@ -371,6 +386,18 @@ def get_tree(
                 failures += got
         failures += big_done.result()
     return failures
+
+
+def _make_special(local: Path, attrs: dict[str, Any]) -> None:
+    """A FIFO or device node as the tree has it; a socket is skipped (as tar does):
+    it is only a name until a program binds it."""
+    if attrs["type"] == "socket":
+        return
+    local.unlink(missing_ok=True)
+    if attrs["type"] == "fifo":
+        os.mkfifo(local, attrs["mode"] & 0o7777)
+    else:  # devices: needs privilege, like mknod(1)
+        os.mknod(local, attrs["mode"], attrs["rdev"])
 
 
 class BulkDownloader:

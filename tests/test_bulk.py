@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from dfs.bulk import BATCH_FILES, LocalTree, RemoteTree, get_tree, put_tree
@@ -86,7 +87,9 @@ def test_get_tree_roundtrip_and_failures(
 ) -> None:
     src = tmp_path / "src"
     want = make_tree(src, BATCH_FILES + 20)
+    os.mkfifo(src / "d0" / "pipe", 0o640)  # a special file travels as metadata
     assert put_tree(dfs_client, LocalTree.scan(src), "/bulk-get") == []
+    assert dfs_client.stat("/bulk-get/d0/pipe")["type"] == "fifo"
     tree = RemoteTree.scan(dfs_client, "/bulk-get")
     assert len(tree.files) == len(want) and tree.links == ["/bulk-get/link"]
     out = tmp_path / "out"
@@ -96,6 +99,8 @@ def test_get_tree_roundtrip_and_failures(
     assert (out / "d1" / "e1" / "f1.txt").stat().st_mode & 0o777 == 0o600
     assert os.readlink(out / "link") == "d0/e0/f0.txt"
     assert (out / "nothing-here").is_dir()
+    pipe = (out / "d0" / "pipe").lstat()
+    assert stat.S_ISFIFO(pipe.st_mode) and stat.S_IMODE(pipe.st_mode) == 0o640
     assert not list(out.rglob(".*dfs-part*"))
     # a file removed after the scan fails alone; the others still arrive
     dfs_client.remove("/bulk-get/d2/e2/f2.txt")
