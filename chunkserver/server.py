@@ -126,7 +126,15 @@ class ChunkServer:
             items.append((cid, data[at : at + n]))
             at += n
         with self._busy():
-            created = self.store.put_many(items)
+            try:
+                created = self.store.put_many(items)
+            except DfsError:
+                # some may be in place already: report what is there, or the leader
+                # never learns of them (nor collects them)
+                for cid, there in zip(ids, self.store.has(ids)):
+                    if there:
+                        self.chunk_log.add(cid)
+                raise
         for cid, new in zip(ids, created):
             if new:
                 self.chunk_log.add(cid)

@@ -303,6 +303,9 @@ class ChunkStore:
         with self._id_lock(cid):
             if path.exists():
                 self._touch(path)  # a re-put keeps the copy from GC for its writer
+                # its name may come from a put_many whose directory fsync is still to
+                # come: make it durable before saying "stored" (durability contract)
+                _fsync_dir(path.parent)
                 return False
             codec, payload = self._encode(mv)
             stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
@@ -331,6 +334,7 @@ class ChunkStore:
         The order is the one of put (content durable before its name appears,
         the name durable before we answer). Returns created flags."""
         staged: list[tuple[int, str, Path, int]] = []  # (index, id, temp, bytes)
+        present: set[Path] = set()  # directories of chunks found already stored
         created = [False] * len(items)
         try:
             for i, (cid, mv) in enumerate(items):
@@ -341,6 +345,7 @@ class ChunkStore:
                     raise DfsError(errors.TOO_BIG, f"chunk #{i} is over {self.max_chunk} bytes")
                 if self._path(cid).exists():
                     self._touch(self._path(cid))
+                    present.add(self._path(cid).parent)  # fsync'd below, as in put
                     continue
                 codec, payload = self._encode(mv)
                 stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
@@ -366,7 +371,8 @@ class ChunkStore:
                     else:
                         os.rename(tmp, path)
                         created[i] = True
-            self._in_parallel(_fsync_dir, list({tmp.parent for _i, _c, tmp, _n in staged}))
+            dirs = present | {tmp.parent for _i, _c, tmp, _n in staged}
+            self._in_parallel(_fsync_dir, list(dirs))
         except OSError as exc:
             if _is_nospace(exc):
                 raise DfsError("ENOSPC", f"disk full while writing chunks under {self.root}")

@@ -183,14 +183,14 @@ class BulkUploader:
         self.client = client
         self.rep = rep
         self.progress = progress
-        self.failures: list[Failure] = []
 
     def upload(self, files: Iterable[tuple[Path, str, int]]) -> list[Failure]:
         """Upload (local, remote, size) files; returns those that failed."""
+        failures: list[Failure] = []
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="dfs-bulk") as pool:
-            for failures in pool.map(self._one_batch, batches(files)):
-                self.failures.extend(failures)
-        return self.failures
+            for got in pool.map(self._one_batch, batches(files)):
+                failures.extend(got)
+        return failures
 
     def run_ops(
         self, ops: list[dict[str, Any]], what: list[str]
@@ -208,8 +208,16 @@ class BulkUploader:
     # ------------------------------------------------------------ one batch
 
     def _one_batch(self, batch: list[tuple[Path, str]]) -> list[Failure]:
+        """One batch; an error that stops it (no servers, the metadata service gone)
+        fails each of its files by name, and the other batches go on."""
+        try:
+            return self._try_batch(batch)
+        except DfsError as exc:
+            return [Failure(remote, exc.message) for _local, remote in batch]
+
+    def _try_batch(self, batch: list[tuple[Path, str]]) -> list[Failure]:
         files, failures = self._read(batch)
-        stored = self._store(files)
+        stored = self._store(files, self._rep_for(files))
         ops = [self._commit_op(f) for f in files]
         if not ops:
             return failures
@@ -239,12 +247,22 @@ class BulkUploader:
             files.append(f)
         return files, failures
 
-    def _store(self, files: list[_File]) -> dict[str, list[str]]:
+    def _rep_for(self, files: list[_File]) -> int:
+        """Copies the batch needs: its directory's replication, or more when a file
+        it replaces has its own (setrep on the file), which a commit keeps. Extra
+        copies of the others are trimmed by the metadata leader later."""
+        if not files:
+            return self.rep
+        names = [f.remote for f in files]
+        r = self.client.meta.call("md.files_chunks", {"args": {"paths": names}})
+        return max([self.rep] + [int(x["rep"]) for x in r["files"] if x.get("ok")])
+
+    def _store(self, files: list[_File], rep: int) -> dict[str, list[str]]:
         """Every chunk of the batch on ``rep`` servers (fsync'd); returns where."""
         unique = {cid: data for f in files for cid, data in f.chunks}
         if not unique:
             return {}
-        fields = {"ids": list(unique), "rep": self.rep, "exclude": self.client.suspects()}
+        fields = {"ids": list(unique), "rep": rep, "exclude": self.client.suspects()}
         placed = self.client.meta.call("md.place", fields)
         # group the missing chunks by the server each copy goes to
         per_server: dict[str, list[str]] = {}
@@ -276,7 +294,7 @@ class BulkUploader:
                 continue
             for cid in per_server[ep]:
                 stored[cid].append(ep)
-        self._complete(unique, stored, failed)
+        self._complete(unique, stored, failed, rep)
         self.client.stats.chunks_sent += len(stored)
         self.client.stats.bytes_sent += sum(len(unique[c]) for c in stored)
         self.client.stats.chunks_deduped += len(unique) - len(stored)
@@ -287,13 +305,14 @@ class BulkUploader:
         unique: dict[str, bytes | memoryview],
         stored: dict[str, list[str]],
         failed: dict[str, DfsError],
+        rep: int,
     ) -> None:
         """Copies a failed server did not make go to other servers, one by one
         (the single-file path's re-placement), or the batch fails."""
-        short = [cid for cid, eps in stored.items() if len(eps) < self.rep]
+        short = [cid for cid, eps in stored.items() if len(eps) < rep]
         if not short:
             return
-        helper = Uploader(self.client, self.rep)
+        helper = Uploader(self.client, rep)
         last = next(iter(failed.values()), None)
         for cid in short:
             stored[cid] = helper.complete(cid, unique[cid], stored[cid], list(failed), last)

@@ -250,8 +250,8 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
     files = [(a.path, attrs)] if attrs["type"] != "dir" else RemoteTree.scan(c, a.path).files
     logical = sum(at["size"] for _, at in files)
     chunks: dict[str, int] = {}
-    for i in range(0, len(files), 1000):
-        r = c.meta.ns("files_chunks", paths=[p for p, _ in files[i : i + 1000]])
+    for page in _pages(files):
+        r = c.meta.ns("files_chunks", paths=page)
         for info in r["files"]:
             for cid, n in info.get("extents") or ():
                 if cid:
@@ -272,6 +272,24 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
         print(f"{_human(unique)}\tafter dedup")
         print(f"{_human(replicated)}\twith replicas")
     return EXIT_OK
+
+
+def _pages(
+    files: list[tuple[str, dict[str, Any]]], max_bytes: int = 16 << 30
+) -> Iterator[list[str]]:
+    """Paths in pages of at most 1000 files and ``max_bytes`` of content, so one
+    reply (extents and locations, ~100 bytes per MiB-sized chunk) stays far under
+    the 4 MiB header limit; a single bigger file goes alone."""
+    page: list[str] = []
+    size = 0
+    for p, a in files:
+        if page and (len(page) >= 1000 or size + a["size"] > max_bytes):
+            yield page
+            page, size = [], 0
+        page.append(p)
+        size += a["size"]
+    if page:
+        yield page
 
 
 def cmd_setrep(c: Client, a: argparse.Namespace) -> int:

@@ -60,6 +60,12 @@ def test_put_tree_follows_each_directory_replication(
     b = dfs_client.meta.ns("file_chunks", path="/bulk-rep/three")
     assert [len(v) for v in a["locations"].values()] == [2]
     assert [len(v) for v in b["locations"].values()] == [3]
+    # a file with its own, higher replication keeps it when the tree is put again
+    dfs_client.setrep("/bulk-rep/two/a", 3)
+    (tmp_path / "two" / "a").write_bytes(os.urandom(1000))
+    assert put_tree(dfs_client, LocalTree.scan(tmp_path), "/bulk-rep") == []
+    a = dfs_client.meta.ns("file_chunks", path="/bulk-rep/two/a")
+    assert a["rep"] == 3 and [len(v) for v in a["locations"].values()] == [3]
 
 
 def test_put_tree_reports_failures_and_keeps_the_rest(dfs_client: Client, tmp_path: Path) -> None:

@@ -444,3 +444,20 @@ def test_put_many_full_filesystem_leaves_no_temp_files() -> None:
         assert e.value.code == "ENOSPC"
         assert sorted(p.name for p in chunk_files(mnt)) == sorted([cid_of(a), cid_of(b)])
         assert s.stat()["chunks"] == 2 and s.get(cid_of(b)) == b
+
+
+def test_a_re_put_makes_the_name_durable_before_answering(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk renamed into place by a put_many whose directory fsync is still to
+    come must not be reported stored by a concurrent put before it is durable."""
+    import chunkserver.store as store_mod
+
+    data = os.urandom(500)
+    store.put(cid_of(data), data)
+    synced: list[Path] = []
+    monkeypatch.setattr(store_mod, "_fsync_dir", lambda p: synced.append(Path(p)))
+    assert store.put(cid_of(data), data) is False
+    assert store.put_many([(cid_of(data), memoryview(data))]) == [False]
+    parent = (store.root / "chunks" / cid_of(data)[:3]).resolve()
+    assert [p.resolve() for p in synced] == [parent, parent]

@@ -151,3 +151,13 @@ def test_cluster_up_and_down_via_dfs_admin(tmp_path: Path) -> None:
     assert r.returncode == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes()
+
+
+def test_du_pages_stay_small() -> None:
+    from dfs.cli import _pages
+
+    files = [(f"/f{i}", {"size": 1 << 20}) for i in range(2500)] + [("/huge", {"size": 1 << 40})]
+    pages = list(_pages(files, max_bytes=100 << 20))
+    assert [p for page in pages for p in page] == [p for p, _ in files]
+    assert all(len(page) <= 1000 for page in pages)
+    assert pages[-1] == ["/huge"] and max(len(p) for p in pages[:-1]) == 100
