@@ -27,11 +27,35 @@ from dfs.chunking import split_buffer
 from dfs.client import Client, Uploader, spread, transfer_timeout
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
+from dfs.wire import Reply
 
 BATCH_FILES = 256  # files per batch (one log entry)
 BATCH_BYTES = 8 << 20  # bytes per batch: one put_many frame per server
 BATCHES_IN_FLIGHT = 3  # batches worked on at once (reading, uploading, committing)
 OPS_PER_CALL = 1024  # mkdirs / symlinks in one md.batch
+
+
+def _call_each(
+    client: Client,
+    per_server: dict[str, list[str]],
+    request: Callable[[list[str]], tuple[str, dict[str, Any], list[Any], int]],
+) -> dict[str, Reply | DfsError]:
+    """One call per chunkserver, all in flight at once: ``request(ids)`` gives
+    (op, fields, frames, bytes moved) for that server's chunk ids. A server that
+    times out or is unreachable becomes a suspect (tried last, placed on less)."""
+    futs = {}
+    for ep, ids in per_server.items():
+        op, fields, frames, nbytes = request(ids)
+        futs[ep] = client.rpc.call_async(ep, op, fields, frames, timeout=transfer_timeout(nbytes))
+    out: dict[str, Reply | DfsError] = {}
+    for ep, fut in futs.items():
+        try:
+            out[ep] = RpcClient.wait(fut)
+        except DfsError as exc:
+            if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
+                client.suspect(ep)
+            out[ep] = exc
+    return out
 
 
 @dataclass
@@ -269,28 +293,23 @@ class BulkUploader:
         for cid, chain in zip(placed["missing"], placed["chains"]):
             for ep in chain:
                 per_server.setdefault(ep, []).append(cid)
-        rpc = self.client.rpc
-        futs = {
-            ep: rpc.call_async(
-                ep,
+        replies = _call_each(
+            self.client,
+            per_server,
+            lambda ids: (
                 "cs.put_many",
                 {"ids": ids, "sizes": [len(unique[c]) for c in ids]},
                 [b"".join(unique[c] for c in ids)],
-                timeout=transfer_timeout(sum(len(unique[c]) for c in ids)),
-            )
-            for ep, ids in per_server.items()
-        }
+                sum(len(unique[c]) for c in ids),
+            ),
+        )
         stored: dict[str, list[str]] = {cid: [] for cid in placed["missing"]}
         failed: dict[str, DfsError] = {}
-        for ep, fut in futs.items():
-            try:
-                RpcClient.wait(fut)
-            except DfsError as exc:
-                if exc.code == errors.HASH_MISMATCH:
-                    raise
-                if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
-                    self.client.suspect(ep)
-                failed[ep] = exc
+        for ep, reply in replies.items():
+            if isinstance(reply, DfsError):
+                if reply.code == errors.HASH_MISMATCH:
+                    raise reply
+                failed[ep] = reply
                 continue
             for cid in per_server[ep]:
                 stored[cid].append(ep)
@@ -490,23 +509,14 @@ class BulkDownloader:
             if reps:
                 ep = min(reps[:2], key=lambda e: len(per_server.get(e, ())))
                 per_server.setdefault(ep, []).append(cid)
-        rpc = self.client.rpc
-        futs = {
-            ep: rpc.call_async(
-                ep,
-                "cs.get_many",
-                {"ids": ids},
-                timeout=transfer_timeout(sum(wanted[c] for c in ids)),
-            )
-            for ep, ids in per_server.items()
-        }
+        replies = _call_each(
+            self.client,
+            per_server,
+            lambda ids: ("cs.get_many", {"ids": ids}, [], sum(wanted[c] for c in ids)),
+        )
         got: dict[str, bytes | memoryview] = {}
-        for ep, fut in futs.items():
-            try:
-                reply = RpcClient.wait(fut)
-            except DfsError as exc:
-                if exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
-                    self.client.suspect(ep)
+        for ep, reply in replies.items():
+            if isinstance(reply, DfsError):
                 continue  # each of its chunks is fetched alone below
             blob, at = memoryview(reply.frames[0]), 0
             for cid, n in zip(per_server[ep], reply.fields["sizes"]):
