@@ -1,13 +1,16 @@
-"""Uploading a tree of many small files in batches (`dfs put -r`).
+"""Moving trees of many small files in batches (`dfs put -r`, `dfs get -r`).
 
 One file at a time costs a metadata round trip for placement, an fsync'd put on
 every replica and a Raft commit: a few milliseconds each, which caps a source
 tree at a few hundred files per second. A batch of files shares all three: one
 ``md.place`` for every chunk of the batch, one ``cs.put_many`` per chunkserver
-(one file-system flush there for the whole batch) and one ``md.batch`` commit
-(one log entry, one fsync on each metadata node). The durability contract is
-unchanged: a file's commit is sent only after every chunk of the batch is
-fsync'd on all the replicas its directory asks for.
+(the batch's fsyncs issued together, so the journal commits them at once) and
+one ``md.batch`` commit (one log entry, one fsync on each metadata node). The
+durability contract is unchanged: a file's commit is sent only after every
+chunk of the batch is fsync'd on all the replicas it needs (its directory's
+replication, or the higher one of a file it replaces). Downloads mirror it:
+one ``md.files_chunks`` read and one ``cs.get_many`` per chunkserver per batch,
+every chunk's SHA-256 checked.
 """
 
 from __future__ import annotations
