@@ -544,10 +544,7 @@ class Uploader:
         for (cid, data), chain in zip(missing, r["chains"]):
             # asynchronous: many chunks in flight on one connection, no thread each
             if len(data) <= FANOUT_MAX:  # small: to every replica at once, one hop
-                wait = transfer_timeout(len(data))
-                futs = [
-                    rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=wait) for ep in chain
-                ]
+                futs = self._put_each(cid, data, chain)
             else:  # big: once over our link, then down the chain of servers
                 futs = [
                     rpc.call_async(
@@ -596,6 +593,12 @@ class Uploader:
         if self.progress:
             self.progress(len(data))
 
+    def _put_each(self, cid: str, data: Any, servers: list[str]) -> list[Future]:
+        """The chunk sent to each of ``servers`` at once (no forwarding)."""
+        wait = transfer_timeout(len(data))
+        rpc = self.client.rpc
+        return [rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=wait) for ep in servers]
+
     def complete(
         self, cid: str, data: Any, ok: list[str], failed: list[str], last: DfsError | None
     ) -> list[str]:
@@ -609,11 +612,7 @@ class Uploader:
             except (DfsError, IndexError) as exc:
                 last = exc if isinstance(exc, DfsError) else last
                 targets = []
-            rpc = self.client.rpc
-            wait = transfer_timeout(len(data))
-            futs = [
-                rpc.call_async(ep, "cs.put", {"id": cid}, [data], timeout=wait) for ep in targets
-            ]
+            futs = self._put_each(cid, data, targets)
             for ep, fut in zip(targets, futs):
                 try:
                     ok.extend(RpcClient.wait(fut).fields["stored"])

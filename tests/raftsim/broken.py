@@ -83,6 +83,16 @@ class CommitOldTermNoNoopNode(CommitOldTermNode):
 BROKEN["commit-old-term-no-noop"] = CommitOldTermNoNoopNode
 
 
+def _quorum_ack(node: RaftNode) -> int:
+    """The tick of the latest heartbeat a quorum acknowledged (the leader's own
+    entry is now); -1 while none was."""
+    acks = sorted(
+        (node.ticks if v == node.id else node.progress[v].lease_ack for v in node.voters),
+        reverse=True,
+    )
+    return acks[len(acks) // 2]
+
+
 class LeaseNeverExpiresNode(RaftNode):
     """Lease reads: once a quorum acknowledged one heartbeat, the lease is held
     for the rest of the term (a partitioned leader keeps serving reads)."""
@@ -90,11 +100,7 @@ class LeaseNeverExpiresNode(RaftNode):
     def _in_lease(self) -> bool:
         if not self.cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
             return False
-        acks = sorted(
-            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
-            reverse=True,
-        )
-        return acks[len(acks) // 2] >= 0
+        return _quorum_ack(self) >= 0
 
 
 class LeaseFromAckNode(RaftNode):
@@ -114,11 +120,7 @@ class LeaseNoDriftNode(RaftNode):
     def _in_lease(self) -> bool:
         if not self.cfg.lease_reads or self.lead_transferee != NONE or self.lease_forfeit:
             return False
-        acks = sorted(
-            (self.ticks if v == self.id else self.progress[v].lease_ack for v in self.voters),
-            reverse=True,
-        )
-        start = acks[len(acks) // 2]
+        start = _quorum_ack(self)
         return start >= 0 and self.ticks < start + self.cfg.election_ticks
 
 
