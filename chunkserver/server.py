@@ -25,6 +25,7 @@ from chunkserver.scrub import DEFAULT_INTERVAL, DEFAULT_RATE, Scrubber
 from chunkserver.store import ChunkStore
 from dfs import errors, rpc, wire
 from dfs.errors import DfsError
+from dfs.fsutil import fsync_dir
 from dfs.logs import setup_logging
 from dfs.security import Security, load_optional
 
@@ -410,11 +411,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 if __name__ == "__main__":

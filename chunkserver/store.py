@@ -43,6 +43,7 @@ import zstandard
 
 from dfs import errors
 from dfs.errors import DfsError
+from dfs.fsutil import fsync_dir, fsync_path
 
 MAGIC = b"DFSC"
 FORMAT_VERSION = 1
@@ -96,18 +97,6 @@ def _as_bytes_view(data: object) -> memoryview:
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
     return mv
-
-
-def _fsync_path(path: Path, flags: int = 0) -> None:
-    fd = os.open(path, os.O_RDONLY | flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_path(path, os.O_DIRECTORY)
 
 
 def _is_nospace(exc: OSError) -> bool:
@@ -211,9 +200,9 @@ class ChunkStore:
             return
         for i in range(16**FANOUT_CHARS):
             (self.chunks_dir / f"{i:0{FANOUT_CHARS}x}").mkdir(exist_ok=True)
-        _fsync_dir(self.chunks_dir)
+        fsync_dir(self.chunks_dir)
         marker.touch()
-        _fsync_dir(self.chunks_dir)
+        fsync_dir(self.chunks_dir)
 
     @contextlib.contextmanager
     def _id_lock(self, cid: str) -> Iterator[None]:
@@ -305,7 +294,7 @@ class ChunkStore:
                 self._touch(path)  # a re-put keeps the copy from GC for its writer
                 # its name may come from a put_many whose directory fsync is still to
                 # come: make it durable before saying "stored" (durability contract)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
                 return False
             codec, payload = self._encode(mv)
             stored = len(payload) if isinstance(payload, bytes) else payload.nbytes
@@ -362,7 +351,7 @@ class ChunkStore:
                         self._reserved -= total
                     raise
                 staged.append((i, cid, tmp, total))
-            self._in_parallel(_fsync_path, [tmp for _i, _c, tmp, _n in staged])
+            self._in_parallel(fsync_path, [tmp for _i, _c, tmp, _n in staged])
             for i, cid, tmp, _n in staged:
                 with self._id_lock(cid):
                     path = self._path(cid)
@@ -372,7 +361,7 @@ class ChunkStore:
                         os.rename(tmp, path)
                         created[i] = True
             dirs = present | {tmp.parent for _i, _c, tmp, _n in staged}
-            self._in_parallel(_fsync_dir, list(dirs))
+            self._in_parallel(fsync_dir, list(dirs))
         except OSError as exc:
             if _is_nospace(exc):
                 raise DfsError("ENOSPC", f"disk full while writing chunks under {self.root}")
@@ -437,7 +426,7 @@ class ChunkStore:
                 os.close(fd)
             os.rename(tmp, path)
             tmp = None
-            _fsync_dir(d)
+            fsync_dir(d)
         except OSError as exc:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -564,8 +553,8 @@ class ChunkStore:
             with contextlib.suppress(OSError):
                 (self.quarantine_dir / f"{dest.name}.reason").write_text(reason + "\n")
             with contextlib.suppress(OSError):
-                _fsync_dir(self.quarantine_dir)
-                _fsync_dir(path.parent)
+                fsync_dir(self.quarantine_dir)
+                fsync_dir(path.parent)
             with self._lock:
                 self._used -= st.st_size
                 self._count -= 1
@@ -615,7 +604,7 @@ class ChunkStore:
             dirs.add(path.parent)
         for d in dirs:
             with contextlib.suppress(OSError):
-                _fsync_dir(d)
+                fsync_dir(d)
         return deleted, kept
 
     def size_of(self, chunk_id: str) -> int:

@@ -456,7 +456,7 @@ def test_a_re_put_makes_the_name_durable_before_answering(
     data = os.urandom(500)
     store.put(cid_of(data), data)
     synced: list[Path] = []
-    monkeypatch.setattr(store_mod, "_fsync_dir", lambda p: synced.append(Path(p)))
+    monkeypatch.setattr(store_mod, "fsync_dir", lambda p: synced.append(Path(p)))
     assert store.put(cid_of(data), data) is False
     assert store.put_many([(cid_of(data), memoryview(data))]) == [False]
     parent = (store.root / "chunks" / cid_of(data)[:3]).resolve()

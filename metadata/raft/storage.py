@@ -28,6 +28,8 @@ from pathlib import Path
 import msgpack
 import xxhash
 
+from dfs.fsutil import fsync_dir
+
 from .messages import Entry, EntryType, HardState, PersistentState, Snapshot
 
 log = logging.getLogger("dfs.raft.storage")
@@ -43,14 +45,6 @@ class _Segment:
     path: Path
     seq: int  # segments are replayed in this order
     last: int = 0  # highest entry index written to it
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StorageCorrupt(RuntimeError):
@@ -279,7 +273,7 @@ class RaftStorage:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _compact(self, snap_index: int) -> None:
         """Drop older snapshots and segments wholly before the snapshot."""
@@ -304,7 +298,7 @@ class RaftStorage:
         for seg in old:
             seg.path.unlink(missing_ok=True)
             self.segments.remove(seg)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _open_tail(self) -> None:
         if not self.segments:
@@ -312,7 +306,7 @@ class RaftStorage:
         tail = self.segments[-1]
         self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _roll(self) -> None:
         """Start a new segment; the current hard state is repeated in it."""
@@ -328,7 +322,7 @@ class RaftStorage:
         rec = self._record([_HS, hs.term, hs.vote, hs.commit])
         _write_all(self._fd, rec)
         self._size += len(rec)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def close(self) -> None:
         if self._fd is not None:
