@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dfs import errors, paths
 from dfs.chunking import split_buffer
@@ -36,6 +36,8 @@ BATCH_FILES = 256  # files per batch (one log entry)
 BATCH_BYTES = 8 << 20  # bytes per batch: one put_many frame per server
 BATCHES_IN_FLIGHT = 3  # batches worked on at once (reading, uploading, committing)
 OPS_PER_CALL = 1024  # mkdirs / symlinks in one md.batch
+
+T = TypeVar("T")
 
 
 def _call_each(
@@ -187,16 +189,23 @@ def _put_big(
         return [f for f in pool.map(one, files) if f is not None]
 
 
-def batches(files: Iterable[tuple[Path, str, int]]) -> Iterator[list[tuple[Path, str]]]:
-    """Group (local, remote, size) into batches of at most BATCH_FILES / BATCH_BYTES."""
-    batch: list[tuple[Path, str]] = []
+def batches(
+    items: Iterable[T],
+    size: Callable[[T], int],
+    max_items: int = BATCH_FILES,
+    max_bytes: int = BATCH_BYTES,
+) -> Iterator[list[T]]:
+    """Items in order, grouped at most ``max_items`` and ``max_bytes`` (by ``size``)
+    a group; an item bigger than max_bytes goes alone."""
+    batch: list[T] = []
     nbytes = 0
-    for local, remote, size in files:
-        if batch and (len(batch) >= BATCH_FILES or nbytes + size > BATCH_BYTES):
+    for item in items:
+        n = size(item)
+        if batch and (len(batch) >= max_items or nbytes + n > max_bytes):
             yield batch
             batch, nbytes = [], 0
-        batch.append((local, remote))
-        nbytes += size
+        batch.append(item)
+        nbytes += n
     if batch:
         yield batch
 
@@ -215,7 +224,7 @@ class BulkUploader:
         """Upload (local, remote, size) files; returns those that failed."""
         failures: list[Failure] = []
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="dfs-bulk") as pool:
-            for got in pool.map(self._one_batch, batches(files)):
+            for got in pool.map(self._one_batch, batches(files, lambda f: f[2])):
                 failures.extend(got)
         return failures
 
@@ -234,15 +243,15 @@ class BulkUploader:
 
     # ------------------------------------------------------------ one batch
 
-    def _one_batch(self, batch: list[tuple[Path, str]]) -> list[Failure]:
+    def _one_batch(self, batch: list[tuple[Path, str, int]]) -> list[Failure]:
         """One batch; an error that stops it (no servers, the metadata service gone)
         fails each of its files by name, and the other batches go on."""
         try:
             return self._try_batch(batch)
         except DfsError as exc:
-            return [Failure(remote, exc.message) for _local, remote in batch]
+            return [Failure(remote, exc.message) for _local, remote, _size in batch]
 
-    def _try_batch(self, batch: list[tuple[Path, str]]) -> list[Failure]:
+    def _try_batch(self, batch: list[tuple[Path, str, int]]) -> list[Failure]:
         files, failures = self._read(batch)
         stored = self._store(files, self._rep_for(files))
         ops = [self._commit_op(f) for f in files]
@@ -256,9 +265,9 @@ class BulkUploader:
             self.progress(sum(len(c) for f in files for _, c in f.chunks))
         return failures
 
-    def _read(self, batch: list[tuple[Path, str]]) -> tuple[list[_File], list[Failure]]:
+    def _read(self, batch: list[tuple[Path, str, int]]) -> tuple[list[_File], list[Failure]]:
         files, failures = [], []
-        for local, remote in batch:
+        for local, remote, _size in batch:
             try:
                 with open(local, "rb") as fh:
                     st = os.fstat(fh.fileno())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import paths
-from dfs.bulk import LocalTree, RemoteTree, get_tree, put_tree
+from dfs.bulk import LocalTree, RemoteTree, batches, get_tree, put_tree
 from dfs.client import Client, connect
 from dfs.errors import DfsError, errno_for
 
@@ -280,16 +280,8 @@ def _pages(
     """Paths in pages of at most 1000 files and ``max_bytes`` of content, so one
     reply (extents and locations, ~100 bytes per MiB-sized chunk) stays far under
     the 4 MiB header limit; a single bigger file goes alone."""
-    page: list[str] = []
-    size = 0
-    for p, a in files:
-        if page and (len(page) >= 1000 or size + a["size"] > max_bytes):
-            yield page
-            page, size = [], 0
-        page.append(p)
-        size += a["size"]
-    if page:
-        yield page
+    for page in batches(files, lambda f: f[1]["size"], 1000, max_bytes):
+        yield [p for p, _ in page]
 
 
 def cmd_setrep(c: Client, a: argparse.Namespace) -> int:
