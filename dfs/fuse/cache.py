@@ -18,13 +18,12 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dfs import errors
-from dfs.client import Client
+from dfs.client import Client, spread
 from dfs.errors import DfsError
 
 log = logging.getLogger("dfs.fuse.cache")
 
 FETCH_TIMEOUT = 4.0  # seconds one replica gets to answer a chunk get
-SUSPECT_FOR = 20.0  # seconds a replica that failed is tried last
 LOCATION_TTL = 30.0  # seconds chunk locations are reused
 
 Chunk = bytes | memoryview  # a chunk's bytes (a view of the received frame: no copy)
@@ -41,7 +40,6 @@ class ChunkCache:
         self._bytes = 0
         self._inflight: dict[str, Future] = {}
         self._loc: dict[str, tuple[float, list[str]]] = {}
-        self._suspect: dict[str, float] = {}
         self._servers: tuple[float, list[str]] | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfs-readahead")
         self.hits = 0
@@ -170,13 +168,11 @@ class ChunkCache:
                 self._loc[cid] = (now, list(got))
         with self._mu:
             reps = list(self._loc[cid][1])
-            suspect = {ep for ep, until in self._suspect.items() if until > now}
-        if reps and not refresh:  # spread a file's chunks over their replicas
-            k = int(cid[:8], 16) % len(reps)
-            reps = reps[k:] + reps[:k]
-        if refresh:  # locations are soft state and lag new uploads: ask every server too
+        if not refresh:  # spread a file's chunks over their replicas
+            reps = spread(reps, cid) or []
+        else:  # locations are soft state and lag new uploads: ask every server too
             reps += [ep for ep in self._all_servers() if ep not in reps]
-        return [r for r in reps if r not in suspect] + [r for r in reps if r in suspect]
+        return self.client.healthy_first(reps)
 
     def _all_servers(self) -> list[str]:
         now = time.monotonic()
@@ -210,8 +206,7 @@ class ChunkCache:
                         self.client.stats.bad_replicas += 1
                         self.client.report_bad(cid, ep)
                     elif exc.code in (errors.TIMEOUT, errors.UNAVAILABLE):
-                        with self._mu:
-                            self._suspect[ep] = time.monotonic() + SUSPECT_FOR
+                        self.client.suspect(ep)
                     continue
                 data = reply.frames[0]  # bytes, or a view of the zmq frame (kept, not copied)
                 if hashlib.sha256(data).hexdigest() != cid:
