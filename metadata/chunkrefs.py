@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from metadata.inodes import Inline
 from metadata.sortedindex import SortedIndex
 
 
@@ -125,8 +126,9 @@ class ChunkRefs:
                     self.index = None
 
     def add_file(self, data: Any, size: int, rep: int) -> None:
-        """Count the references of a file's packed extents (see inodes.pack_extents)."""
-        if data is None:
+        """Count the references of a file's packed extents (see inodes.pack_extents);
+        an inline file (inodes.Inline) references no chunk."""
+        if data is None or type(data) is Inline:
             return
         if type(data) is bytes:
             self.incref(data, rep)
@@ -139,7 +141,7 @@ class ChunkRefs:
                 self.ref_bytes += data[i + 1]
 
     def drop_file(self, data: Any, size: int, rep: int, ts: int) -> None:
-        if data is None:
+        if data is None or type(data) is Inline:
             return
         if type(data) is bytes:
             self.decref(data, rep, ts)

@@ -66,7 +66,8 @@ class Inode:
     """A file, symlink or special file.
 
     `data` depends on the type: for a regular file its extents (see
-    pack_extents), for a symlink the target string, for a special file rdev.
+    pack_extents) or its Inline content, for a symlink the target string, for a
+    special file rdev.
     `times` is one int while atime == mtime == ctime, else (atime, mtime, ctime),
     kept relative to TIME_BASE (see there); get_times() gives absolute ns.
     """
@@ -145,6 +146,13 @@ class Dir(Inode):
         self.index: Any = None  # SortedIndex of names, built on the first readdir
 
 
+class Inline(bytes):
+    """A small file's content kept in the namespace (a dfs.inline blob): no chunks.
+    Its own type, so it is never mistaken for a one-chunk file's chunk id."""
+
+    __slots__ = ()
+
+
 def pack_extents(exts: list[Extent], size: int) -> Any:
     """Compact form of an extent list: None (empty), a chunk id (one chunk covering
     the whole file), or a flat tuple (id0, len0, id1, len1, ...)."""
@@ -160,7 +168,8 @@ def pack_extents(exts: list[Extent], size: int) -> Any:
 
 
 def unpack_extents(data: Any, size: int) -> list[Extent]:
-    if data is None:
+    """A file's chunk extents ([] for an inline file: it has no chunks)."""
+    if data is None or type(data) is Inline:
         return []
     if type(data) is bytes:
         return [(data, size)]
@@ -169,7 +178,7 @@ def unpack_extents(data: Any, size: int) -> list[Extent]:
 
 def iter_chunks(data: Any) -> list[bytes]:
     """The chunk ids (holes skipped) a file's packed extents reference, in order."""
-    if data is None:
+    if data is None or type(data) is Inline:
         return []
     if type(data) is bytes:
         return [data]

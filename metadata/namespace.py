@@ -32,6 +32,7 @@ from typing import Any
 
 import msgpack
 
+from dfs import inline as inline_codec
 from dfs import paths
 from dfs.errors import DfsError
 from metadata.chunkrefs import ChunkRefs
@@ -52,6 +53,7 @@ from metadata.inodes import (
     SPECIAL_TYPES,
     TYPE_NAMES,
     Dir,
+    Inline,
     Inode,
     meta,
     pack_extents,
@@ -77,6 +79,11 @@ MAX_NLINK = 65000
 MAX_SYMLINK = paths.PATH_MAX  # bytes of a symlink target
 MAX_CLIENT = 256  # characters of a client id
 MAX_PAGE = 10_000  # entries in one readdir / all_chunks page (larger limits are clamped)
+# Small files' inline content is in every metadata node's RAM: past this many
+# bytes of it (encoded), commits of inline content get ENOSPC and clients store
+# chunks instead. A constant, not a per-node option: every replica must decide alike.
+INLINE_BUDGET = 1 << 30
+INLINE_REPLY_BUDGET = 1 << 20  # inline bytes in one files_chunks reply (under the header limit)
 DEFAULT_SESSION_TIMEOUT = 3600 * 10**9  # ns
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -205,6 +212,17 @@ def _chunk_id_after(name: str, v: Any) -> bytes:
     return chunk_id(name, v)
 
 
+def _inline(name: str, v: Any) -> tuple[Inline, int]:
+    """A dfs.inline blob, checked by decoding it: (the blob, its content's length)."""
+    if type(v) is not bytes:
+        raise _bad(name, "bytes (an inline content blob)", v)
+    try:
+        n = len(inline_codec.decode(v))
+    except DfsError as e:
+        raise DfsError(e.code, f"{name}: {e.message}") from None
+    return Inline(v), n
+
+
 def _extents(name: str, v: Any) -> list[tuple[bytes | None, int]]:
     if type(v) not in (list, tuple):
         raise _bad(name, "a list of [chunk id or None, length] pairs", v)
@@ -320,6 +338,7 @@ MUTATIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "expect_version": (_VERSION, None),
         "atime": (_time, None),
         "mtime": (_time, None),
+        "inline": (_inline, None),
     },
     "batch": {"ops": (_batch_ops, REQ)},
     "gc_mark": {"chunk_ids": (_chunk_ids, REQ), "ts": (_TS, None)},
@@ -397,6 +416,8 @@ class Namespace:
         self.n_symlinks = 0
         self.n_specials = 0
         self.logical_bytes = 0  # sum of regular file sizes (per inode)
+        self.inline_files = 0  # regular files whose content is inline
+        self.inline_bytes = 0  # their blobs' bytes (see INLINE_BUDGET)
 
     # == entry points ==============================================================
 
@@ -561,12 +582,19 @@ class Namespace:
         t = node.meta[M_MODE] & S_IFMT
         if t == S_IFREG:
             self.refs.drop_file(node.data, node.size, node.meta[M_REP], ts)
+            self._count_inline(node.data, -1)
             self.n_files -= 1
             self.logical_bytes -= node.size
         elif t == S_IFLNK:
             self.n_symlinks -= 1
         else:
             self.n_specials -= 1
+
+    def _count_inline(self, data: Any, sign: int) -> None:
+        """Keep inline_files / inline_bytes in step as inline content comes and goes."""
+        if type(data) is Inline:
+            self.inline_files += sign
+            self.inline_bytes += sign * len(data)
 
     def _new_inode(
         self, d: Dir, name: str, mode: int, uid: int, gid: int, ts: int, data: Any, size: int = 0
@@ -578,6 +606,7 @@ class Namespace:
             self.n_files += 1
             self.logical_bytes += size
             self.refs.add_file(data, size, d.meta[M_REP])
+            self._count_inline(data, 1)
         elif t == S_IFLNK:
             self.n_symlinks += 1
         else:
@@ -788,7 +817,7 @@ class Namespace:
         at, mt, _ct = node.get_times()
         if size is not None:
             if size != node.size:
-                self._set_content(node, truncate_extents(node.extents(), node.size, size), size, ts)
+                self._truncate(node, size, ts)
             mt = ts
         if a["atime"] is not None:
             at = ts if a["atime"] == NOW else a["atime"]
@@ -797,13 +826,30 @@ class Namespace:
         node.set_times(at, mt, ts)
         return {"ok": True, "attrs": self.attrs(node)}
 
+    def _truncate(self, node: Inode, size: int, ts: int) -> None:
+        """Cut a regular file down to size, or grow it with zeros. Inline content
+        shorter than the file reads as zeros past its end, so growing keeps it."""
+        data = node.data
+        if type(data) is not Inline:
+            self._set_content(node, truncate_extents(node.extents(), node.size, size), size, ts)
+            return
+        content = inline_codec.decode(data)
+        if size < len(content):
+            data = Inline(bytes((inline_codec.RAW,)) + content[:size]) if size else None
+        self._set_data(node, data, size, ts)
+
     def _set_content(self, node: Inode, exts: list, size: int, ts: int) -> None:
-        """Replace a regular file's extents (references first up, then down, so a
-        chunk kept by both versions never becomes garbage) and bump its version."""
+        """Replace a regular file's extents and bump its version."""
+        self._set_data(node, pack_extents(exts, size), size, ts)
+
+    def _set_data(self, node: Inode, data: Any, size: int, ts: int) -> None:
+        """Replace a regular file's content (packed extents or Inline): references
+        first up, then down, so a chunk kept by both versions never becomes garbage."""
         rep = node.meta[M_REP]
-        data = pack_extents(exts, size)
         self.refs.add_file(data, size, rep)
         self.refs.drop_file(node.data, node.size, rep, ts)
+        self._count_inline(data, 1)
+        self._count_inline(node.data, -1)
         self.logical_bytes += size - node.size
         node.data = data
         node.size = small(size)
@@ -871,27 +917,42 @@ class Namespace:
 
     def _op_commit(self, a: dict, ts: int) -> dict:
         """commit(path, extents, size=None, mode=0o644, uid=0, gid=0, create=True,
-        expect_version=None, atime=None, mtime=None) -> attrs, created.
+        expect_version=None, atime=None, mtime=None, inline=None) -> attrs, created.
 
         Replaces a regular file's whole content at once. extents: [[chunk id hex or
-        None (hole), length], ...]; size, if given, must equal their sum. A missing
+        None (hole), length], ...]; size, if given, must equal their sum. Or, for a
+        small file, extents [] and inline: its content as a dfs.inline blob (size
+        must then be the content's length); ENOSPC when the namespace's inline
+        budget is spent (store chunks instead). A missing
         file is created when create is True (ENOENT otherwise) with mode/uid/gid and
         its parent's rep. expect_version: the version the file must have (ESTALE
         otherwise); 0 means "the file must not exist yet"."""
         path, exts = a["path"], a["extents"]
         size = sum(n for _c, n in exts)
+        blob: Inline | None = None
+        if a["inline"] is not None:
+            if exts:
+                raise DfsError("EINVAL", "a commit has either extents or inline content")
+            blob, size = a["inline"]
+            if not size:
+                blob = None  # an empty file holds nothing, inline or not
         if a["size"] is not None and a["size"] != size:
-            raise DfsError("EINVAL", f"size {a['size']} != sum of extent lengths {size}")
+            what = "inline content length" if blob is not None else "sum of extent lengths"
+            raise DfsError("EINVAL", f"size {a['size']} != {what} {size}")
         perm = self._perm(a["mode"], S_IFREG, "commit")
         d, name = self._parent(path)
         node = d.entries.get(name) if name else d
+        if blob is not None:
+            held = len(node.data) if node is not None and type(node.data) is Inline else 0
+            if self.inline_bytes - held + len(blob) > INLINE_BUDGET:
+                raise DfsError("ENOSPC", f"inline content budget ({INLINE_BUDGET} B) is spent")
         ev = a["expect_version"]
         if node is None:
             if ev is not None and ev != 0:
                 raise DfsError("ESTALE", f"{path}: expected version {ev}, file does not exist")
             if not a["create"]:
                 raise DfsError("ENOENT", f"{path}: no such file")
-            data = pack_extents(exts, size)
+            data = blob if blob is not None else pack_extents(exts, size)
             node = self._new_inode(d, name, S_IFREG | perm, a["uid"], a["gid"], ts, data, size)
             self._commit_times(node, a, ts)
             return {"ok": True, "attrs": self.attrs(node), "created": True}
@@ -901,7 +962,10 @@ class Namespace:
             raise DfsError("EINVAL", f"{path}: not a regular file")
         if ev is not None and ev != node.version:
             raise DfsError("ESTALE", f"{path}: version is {node.version}, expected {ev}")
-        self._set_content(node, exts, size, ts)
+        if blob is not None:
+            self._set_data(node, blob, size, ts)
+        else:
+            self._set_content(node, exts, size, ts)
         node.touch(ts)
         self._commit_times(node, a, ts)
         return {"ok": True, "attrs": self.attrs(node), "created": False}
@@ -993,6 +1057,8 @@ class Namespace:
             "specials": self.n_specials,
             "inodes": self.n_files + self.n_dirs + self.n_symlinks + self.n_specials,
             "logical_bytes": self.logical_bytes,
+            "inline_files": self.inline_files,
+            "inline_bytes": self.inline_bytes,
             "chunks": r.distinct,
             "chunk_refs": r.total,
             "referenced_bytes": r.ref_bytes,
@@ -1000,7 +1066,8 @@ class Namespace:
         }
 
     def _op_file_chunks(self, a: dict, ts: None) -> dict:
-        """file_chunks(path) -> extents [[hex or None, length]], size, rep, version, ino."""
+        """file_chunks(path) -> extents [[hex or None, length]], size, rep, version, ino,
+        and inline (a dfs.inline blob) for a file whose content is inline."""
         node = self._lookup(a["path"])
         t = node.meta[M_MODE] & S_IFMT
         if t == S_IFDIR:
@@ -1008,7 +1075,7 @@ class Namespace:
         if t != S_IFREG:
             raise DfsError("EINVAL", f"{a['path']}: not a regular file")
         exts = [[_hex(c), n] for c, n in unpack_extents(node.data, node.size)]
-        return {
+        out = {
             "ok": True,
             "extents": exts,
             "size": node.size,
@@ -1016,11 +1083,28 @@ class Namespace:
             "version": node.version,
             "ino": node.ino,
         }
+        if type(node.data) is Inline:
+            out["inline"] = bytes(node.data)
+        return out
 
     def _op_files_chunks(self, a: dict, ts: None) -> dict:
         """files_chunks(paths) -> files: file_chunks of each path, in order (a reader
-        of a whole tree asks once per directory page, not once per file)."""
-        return {"ok": True, "files": [self.query("file_chunks", {"path": p}) for p in a["paths"]]}
+        of a whole tree asks once per directory page, not once per file). Past
+        INLINE_REPLY_BUDGET bytes of inline content, a file's comes without it
+        (inline_omitted): ask file_chunks for that one."""
+        files = []
+        budget = INLINE_REPLY_BUDGET
+        for p in a["paths"]:
+            f = self.query("file_chunks", {"path": p})
+            blob = f.get("inline")
+            if blob is not None:
+                if len(blob) > budget:
+                    del f["inline"]
+                    f["inline_omitted"] = True
+                else:
+                    budget -= len(blob)
+            files.append(f)
+        return {"ok": True, "files": files}
 
     def _op_exists(self, a: dict, ts: None) -> dict:
         """exists(chunk_ids) -> referenced: [bool] in the same order (for dedup)."""

@@ -26,6 +26,7 @@ from metadata.inodes import (
     S_IFREG,
     TIME_BASE,
     Dir,
+    Inline,
     Inode,
     meta,
     small,
@@ -37,6 +38,7 @@ VERSION = 2
 ZSTD_LEVEL = 3
 
 K_DIR, K_INODE, K_LINK = 0, 1, 2  # entry kinds: directory, other inode, extra hard link
+N_EXT_INLINE = -1  # n_ext of a file whose content is inline (its blob is in "inline")
 _HOLE = b"\0" * 32
 
 
@@ -82,6 +84,7 @@ def _dump(ns: Any) -> bytes:
     ext_lens = array("q")
     targets: list[str] = []
     rdevs: list[int] = []
+    inline: list[bytes] = []
     meta_table: list[tuple] = []
     meta_idx: dict[tuple, int] = {}
     seen_links: set[int] = set()
@@ -153,6 +156,9 @@ def _dump(ns: Any) -> bytes:
             if t == S_IFREG:
                 if data is None:
                     nea(0)
+                elif type(data) is Inline:
+                    nea(N_EXT_INLINE)
+                    inline.append(bytes(data))
                 elif type(data) is bytes:
                     nea(1)
                     ext_ids += data
@@ -199,6 +205,7 @@ def _dump(ns: Any) -> bytes:
         "ext_lens": _col(ext_lens),
         "targets": targets,
         "rdevs": rdevs,
+        "inline": inline,
         "xattrs": xattrs,
         "garbage_ids": b"".join(c for c, _t in garbage),
         "garbage_ts": _col(g_ts),
@@ -248,6 +255,7 @@ def _load(cls: Any, data: bytes) -> Any:
     ext_lens = _uncol(st["ext_lens"])
     targets = iter(st["targets"])
     rdevs = iter(st["rdevs"])
+    inline = iter(st.get("inline") or ())  # absent in snapshots from before inline files
     if (
         not (len(names) == len(parent) == len(kind) == len(inos) == len(sizes) == count)
         or count < 1
@@ -260,6 +268,7 @@ def _load(cls: Any, data: bytes) -> Any:
     by_ino: dict[int, Inode] = {}
     n_files = n_dirs = n_links = n_specials = 0
     logical = 0
+    n_inline = inline_bytes = 0
     e = 0  # next extent
     for i in range(count):
         k = kind[i]
@@ -279,7 +288,12 @@ def _load(cls: Any, data: bytes) -> Any:
                 size = sizes[i]
                 if t == S_IFREG:
                     ne = n_ext[i]
-                    if ne == 0:
+                    if ne == N_EXT_INLINE:
+                        data = Inline(next(inline))
+                        ne = 0
+                        n_inline += 1
+                        inline_bytes += len(data)
+                    elif ne == 0:
                         data = None
                     elif ne == 1 and ext_lens[e] == size and ext_lens[e] > 0:
                         data = ext_ids[e * 32 : e * 32 + 32]
@@ -295,7 +309,7 @@ def _load(cls: Any, data: bytes) -> Any:
                                 flat.append(small(n))
                         data = tuple(flat)
                     e += ne
-                    if data is not None:
+                    if data is not None and ne:
                         rep = m[M_REP]
                         lst = per_rep.get(rep)
                         if lst is None:
@@ -330,6 +344,7 @@ def _load(cls: Any, data: bytes) -> Any:
     ns.refs.load(per_rep, ref_bytes)
     ns.n_files, ns.n_dirs, ns.n_symlinks, ns.n_specials = n_files, n_dirs, n_links, n_specials
     ns.logical_bytes = logical
+    ns.inline_files, ns.inline_bytes = n_inline, inline_bytes
     ns.xattrs = {ino: {k: v for k, v in xs} for ino, xs in st["xattrs"]}
     g_ids: bytes = st["garbage_ids"]
     g_ts = _uncol(st["garbage_ts"])

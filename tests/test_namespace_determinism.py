@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgpack
 
+from dfs import inline
 from metadata.namespace import Namespace
 
 REPLAY = """
@@ -49,8 +50,11 @@ def make_log(seed: int, n: int) -> list[dict]:
         k = rnd.random()
         if k < 0.15:
             op, args = "mkdir", {"path": path(), "parents": rnd.random() < 0.5}
-        elif k < 0.40:
+        elif k < 0.36:
             op, args = "commit", {"path": path(), "extents": exts()}
+        elif k < 0.40:
+            content = rnd.choice(names).encode() * rnd.randint(0, 300)
+            op, args = "commit", {"path": path(), "extents": [], "inline": inline.encode(content)}
         elif k < 0.48:
             op, args = "unlink", {"path": path()}
         elif k < 0.52:

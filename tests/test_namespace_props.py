@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dfs import inline
 from metadata.inodes import S_IFMT, S_IFREG, Dir
 from metadata.namespace import Namespace
 
@@ -39,6 +40,7 @@ class MDir:
 class MFile:
     def __init__(self, exts: list[tuple[str | None, int]], rep: int) -> None:
         self.exts = exts
+        self.inline = False  # content kept inline: to the model, zeros (no chunks)
         self.nlink = 1
         self.version = 1
         self.rep = rep
@@ -162,13 +164,14 @@ class Model:
         d.children[name] = f = MFile([], d.rep)
         return f
 
-    def commit(self, path: str, exts: list, expect: int | None) -> Any:
+    def commit(self, path: str, exts: list, expect: int | None, inline: bool = False) -> Any:
         d, name = self.parent(path)
         node = d.children.get(name) if name else d
         if node is None:
             if expect not in (None, 0):
                 raise Err("ESTALE")
             d.children[name] = f = MFile(list(exts), d.rep)
+            f.inline = inline and bool(exts)
             self.ever.update(c for c, _n in exts if c)
             return f
         if isinstance(node, MDir):
@@ -178,6 +181,7 @@ class Model:
         if expect is not None and expect != node.version:
             raise Err("ESTALE")
         node.exts = list(exts)
+        node.inline = inline and bool(exts)
         node.version += 1
         self.ever.update(c for c, _n in exts if c)
         return node
@@ -262,6 +266,8 @@ class Model:
                 out.append((c, min(n, left)))
                 left -= min(n, left)
             node.exts = out
+            if not size:
+                node.inline = False  # nothing left to keep inline
         node.version += 1
         return node
 
@@ -311,6 +317,7 @@ _op = st.one_of(
     st.tuples(st.just("create"), _path, st.booleans()),
     st.tuples(st.just("commit"), _path, _exts, st.sampled_from([None, None, 0, 1, 2])),
     st.tuples(st.just("commit"), _path, _exts, st.just(None)),
+    st.tuples(st.just("commit_inline"), _path, st.binary(max_size=300), st.sampled_from([None, 0])),
     st.tuples(st.just("unlink"), _path),
     st.tuples(st.just("rename"), _path, _path, st.booleans()),
     st.tuples(st.just("rename"), _path, _path, st.just(False)),
@@ -343,6 +350,10 @@ def to_cmd(op: tuple, ts: int, seq: int) -> dict:
         args = {"path": op[1], "exclusive": op[2]}
     elif name == "commit":
         args = {"path": op[1], "extents": [list(e) for e in op[2]], "expect_version": op[3]}
+    elif name == "commit_inline":
+        name = "commit"
+        args = {"path": op[1], "extents": [], "inline": inline.encode(op[2])}
+        args["expect_version"] = op[3]
     elif name == "rename":
         args = {"src": op[1], "dst": op[2], "noreplace": op[3]}
     elif name == "link":
@@ -370,6 +381,8 @@ def run_model(m: Model, op: tuple) -> tuple[str | None, Any]:
             return None, m.create(op[1], op[2])
         if name == "commit":
             return None, m.commit(op[1], op[2], op[3])
+        if name == "commit_inline":  # no chunks: to the model, a hole of its length
+            return None, m.commit(op[1], [(None, len(op[2]))] if op[2] else [], op[3], True)
         if name == "unlink":
             return None, m.unlink(op[1])
         if name == "rename":
@@ -447,7 +460,10 @@ def compare_tree(m: Model, ns: Namespace) -> None:
                     ch.version,
                 ), p
                 fc = ns.query("file_chunks", {"path": p})
-                assert fc["extents"] == [[c, n] for c, n in ch.exts], p
+                if ch.inline:  # no extents: content and zeros past it, all inline
+                    assert fc["extents"] == [] and len(inline.decode(fc["inline"])) <= ch.size
+                else:
+                    assert fc["extents"] == [[c, n] for c, n in ch.exts] and "inline" not in fc, p
 
 
 def recount(ns: Namespace) -> Counter:
@@ -480,6 +496,7 @@ def check_refs(m: Model, ns: Namespace) -> None:
     files = m.files()
     assert st_["files"] == len(files)
     assert st_["logical_bytes"] == sum(f.size for f in files)
+    assert st_["inline_files"] == sum(f.inline for f in files)
     assert st_["referenced_bytes"] == sum(n for f in files for c, n in f.exts if c)
 
 

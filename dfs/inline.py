@@ -1,0 +1,92 @@
+"""Small files kept inline: their content lives in the metadata service's namespace.
+
+A file of at most INLINE_MAX bytes needs no chunk: its content travels in the
+same Raft entry that commits it, so a close() of a new small file is one
+metadata commit instead of a chunk put on three chunkservers (each fsync'd)
+plus that commit. Raft keeps the entry fsync'd on a majority of metadata nodes,
+so the durability contract holds: no minority of metadata nodes loses it.
+(Lustre's Data-on-MDT and the SeaweedFS filer's small-file inlining make the
+same trade.)
+
+The stored form is a *blob*: one codec byte, then the payload (raw, or zstd
+when that saves at least an eighth). The client encodes, so every metadata
+replica stores the very same bytes. A blob's content may be shorter than the
+file's size: the rest reads as zeros (a file truncated up after it was written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import zstandard
+
+from dfs.errors import DfsError
+
+INLINE_MAX = 64 << 10  # bytes of content a file may keep inline
+RAW, ZSTD = 0, 1
+ZSTD_LEVEL = 3
+MAX_BLOB = INLINE_MAX + 64  # a blob never needs more (zstd is kept only when smaller)
+
+_compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+
+
+def fits(size: int) -> bool:
+    """Whether a file of this size may be stored inline."""
+    return size <= INLINE_MAX
+
+
+def encode(data: bytes | bytearray | memoryview) -> bytes:
+    """The blob of ``data`` (at most INLINE_MAX bytes)."""
+    n = len(data)
+    if n > INLINE_MAX:
+        raise DfsError("EFBIG", f"{n} bytes do not fit inline (at most {INLINE_MAX})")
+    if n >= 128:
+        z = _compress.compress(data)
+        if len(z) <= n - n // 8:
+            return bytes((ZSTD,)) + z
+    return bytes((RAW,)) + bytes(data)
+
+
+def decode(blob: bytes) -> bytes:
+    """The content a blob holds; EINVAL for anything that is not a valid blob."""
+    if not isinstance(blob, bytes) or not 1 <= len(blob) <= MAX_BLOB:
+        raise DfsError("EINVAL", f"inline content: not a blob of 1..{MAX_BLOB} bytes")
+    codec = blob[0]
+    if codec == RAW:
+        if len(blob) - 1 > INLINE_MAX:
+            raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
+        return blob[1:]
+    if codec == ZSTD:
+        try:
+            # a frame may claim any size: refuse before anything is allocated for it
+            claimed = zstandard.frame_content_size(blob[1:])
+            if claimed > INLINE_MAX:
+                raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
+            # a fresh decompressor per call: they are not safe to share across threads
+            out = zstandard.ZstdDecompressor().decompress(blob[1:], max_output_size=INLINE_MAX)
+        except zstandard.ZstdError as e:
+            raise DfsError("EINVAL", f"inline content: bad zstd data ({e})") from None
+        if len(out) > INLINE_MAX:
+            raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
+        return out
+    raise DfsError("EINVAL", f"inline content: unknown codec {codec}")
+
+
+def content(blob: bytes, size: int) -> bytes:
+    """The whole file (its blob's content, then zeros up to ``size``)."""
+    data = decode(blob)
+    return data + bytes(size - len(data)) if size > len(data) else data[:size]
+
+
+def iter_content(blob: bytes, size: int, step: int = 1 << 20) -> Iterator[bytes]:
+    """The file in pieces: a file truncated up to terabytes is mostly zeros, and
+    they are produced a step at a time, never all at once."""
+    data = decode(blob)[:size]
+    if data:
+        yield data
+    left = size - len(data)
+    zeros = bytes(min(step, left))
+    while left > 0:
+        n = min(step, left)
+        yield zeros if n == len(zeros) else bytes(n)
+        left -= n
