@@ -16,6 +16,7 @@ file's size: the rest reads as zeros (a file truncated up after it was written).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import zstandard
@@ -27,7 +28,15 @@ RAW, ZSTD = 0, 1
 ZSTD_LEVEL = 3
 MAX_BLOB = INLINE_MAX + 64  # a blob never needs more (zstd is kept only when smaller)
 
-_compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+_local = threading.local()  # a zstd compressor is not safe to share across threads
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor (made once per thread: a context costs to set up)."""
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return c
 
 
 def fits(size: int) -> bool:
@@ -41,7 +50,7 @@ def encode(data: bytes | bytearray | memoryview) -> bytes:
     if n > INLINE_MAX:
         raise DfsError("EFBIG", f"{n} bytes do not fit inline (at most {INLINE_MAX})")
     if n >= 128:
-        z = _compress.compress(data)
+        z = _compressor().compress(data)
         if len(z) <= n - n // 8:
             return bytes((ZSTD,)) + z
     return bytes((RAW,)) + bytes(data)
