@@ -11,6 +11,13 @@ chunk of the batch is fsync'd on all the replicas it needs (its directory's
 replication, or the higher one of a file it replaces). Downloads mirror it:
 one ``md.files_chunks`` read and one ``cs.get_many`` per chunkserver per batch,
 every chunk's SHA-256 checked.
+
+Small files go inline when the client writes inline (dfs/inline.py): their
+content rides in the batch's commit ops, so a batch of them costs one
+``md.batch`` and nothing on the chunkservers. A batch's inline bytes are capped
+per ``md.batch`` call (INLINE_CALL_BYTES), far under the wire's 4 MiB header
+limit; files the metadata service refuses inline (ENOSPC: its budget is
+spent) are stored as chunks instead, in the same batch.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dfs import errors, paths
+from dfs import errors, inline, paths
 from dfs.chunking import split_buffer
-from dfs.client import Client, Uploader, spread, transfer_timeout
+from dfs.client import Client, Uploader, commit_args, spread, transfer_timeout
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
 from dfs.wire import Reply
@@ -36,6 +43,7 @@ BATCH_FILES = 256  # files per batch (one log entry)
 BATCH_BYTES = 8 << 20  # bytes per batch: one put_many frame per server
 BATCHES_IN_FLIGHT = 3  # batches worked on at once (reading, uploading, committing)
 OPS_PER_CALL = 1024  # mkdirs / symlinks in one md.batch
+INLINE_CALL_BYTES = 1 << 20  # inline content (encoded) in one md.batch request
 
 T = TypeVar("T")
 
@@ -68,7 +76,15 @@ class _File:
     local: Path
     remote: str
     mode: int
+    data: bytes = b""
     chunks: list[tuple[str, bytes | memoryview]] = field(default_factory=list)
+    blob: bytes | None = None  # its content inline (a dfs.inline blob), or chunks
+
+    def to_chunks(self, client: Client) -> None:
+        """Cut the content into chunks (it is stored on chunkservers, not inline)."""
+        self.blob = None
+        for piece in split_buffer(self.data, client.chunking):
+            self.chunks.append((hashlib.sha256(piece).hexdigest(), piece))
 
 
 @dataclass
@@ -253,20 +269,42 @@ class BulkUploader:
 
     def _try_batch(self, batch: list[tuple[Path, str, int]]) -> list[Failure]:
         files, failures = self._read(batch)
-        stored = self._store(files, self._rep_for(files))
-        ops = [self._commit_op(f) for f in files]
-        if not ops:
-            return failures
-        r = self.client.meta.call("md.batch", {"args": {"ops": ops}, "stored": stored}, mutate=True)
-        for f, res in zip(files, r["results"]):
-            if not res["ok"]:
-                failures.append(Failure(f.remote, res["msg"]))
+        refused = self._send(files, failures)
+        if refused:  # the inline budget is spent: these go to the chunkservers
+            self.client.inline_spent()
+            for f in refused:
+                f.to_chunks(self.client)
+            self._send(refused, failures)  # chunks now: nothing is refused again
         if self.progress:
-            self.progress(sum(len(c) for f in files for _, c in f.chunks))
+            self.progress(sum(len(f.data) for f in files))
         return failures
+
+    def _send(self, files: list[_File], failures: list[Failure]) -> list[_File]:
+        """Store the chunked files' chunks, then commit every file (in as few
+        md.batch calls as the inline cap allows). Failures are added to
+        ``failures``; returns the files refused inline (ENOSPC)."""
+        chunked = [f for f in files if f.chunks]
+        stored = self._store(chunked, self._rep_for(chunked)) if chunked else {}
+        refused = []
+        for call in batches(files, lambda f: len(f.blob or b""), len(files), INLINE_CALL_BYTES):
+            ops = [self._commit_op(f) for f in call]
+            mine = {cid: stored[cid] for f in call for cid, _ in f.chunks if cid in stored}
+            r = self.client.meta.call(
+                "md.batch", {"args": {"ops": ops}, "stored": mine}, mutate=True
+            )
+            for f, res in zip(call, r["results"]):
+                if res["ok"]:
+                    if f.blob is not None:
+                        self.client.stats.inline_files += 1
+                elif f.blob is not None and res.get("code") == "ENOSPC":
+                    refused.append(f)
+                else:
+                    failures.append(Failure(f.remote, res["msg"]))
+        return refused
 
     def _read(self, batch: list[tuple[Path, str, int]]) -> tuple[list[_File], list[Failure]]:
         files, failures = [], []
+        small_inline = self.client.inline_ok()
         for local, remote, _size in batch:
             try:
                 with open(local, "rb") as fh:
@@ -277,9 +315,11 @@ class BulkUploader:
             except OSError as exc:
                 failures.append(Failure(str(local), exc.strerror or str(exc)))
                 continue
-            f = _File(local, remote, st.st_mode & 0o7777)
-            for piece in split_buffer(data, self.client.chunking):
-                f.chunks.append((hashlib.sha256(piece).hexdigest(), piece))
+            f = _File(local, remote, st.st_mode & 0o7777, data)
+            if small_inline and 0 < len(data) <= inline.INLINE_MAX:  # empty: no content at all
+                f.blob = inline.encode(data)
+            else:
+                f.to_chunks(self.client)
             files.append(f)
         return files, failures
 
@@ -350,15 +390,11 @@ class BulkUploader:
 
     @staticmethod
     def _commit_op(f: _File) -> dict[str, Any]:
-        extents = [[cid, len(data)] for cid, data in f.chunks]
-        args = {
-            "path": f.remote,
-            "extents": extents,
-            "size": sum(n for _, n in extents),
-            "mode": f.mode,
-            "uid": os.getuid(),
-            "gid": os.getgid(),
-        }
+        if f.blob is not None:
+            args = commit_args(f.remote, [], len(f.data), f.mode, inline=f.blob)
+        else:
+            extents = [[cid, len(data)] for cid, data in f.chunks]
+            args = commit_args(f.remote, extents, sum(n for _, n in extents), f.mode)
         return {"op": "commit", "args": args}
 
 
@@ -466,15 +502,14 @@ class BulkDownloader:
         self.progress = progress
 
     def get_batch(self, files: list[tuple[str, dict[str, Any]]]) -> list[Failure]:
-        r = self.client.meta.call("md.files_chunks", {"args": {"paths": [p for p, _ in files]}})
-        locations: dict[str, list[str]] = r["locations"]
+        infos, locations = self.client.files_chunks([p for p, _ in files])
         wanted: dict[str, int] = {}
-        for info in r["files"]:
+        for info in infos:
             if info["ok"]:
                 wanted.update((c, n) for c, n in info["extents"] if c)
-        chunks = self._fetch(wanted, locations)
+        chunks = self._fetch(wanted, locations) if wanted else {}
         failures = []
-        for (path, attrs), info in zip(files, r["files"]):
+        for (path, attrs), info in zip(files, infos):
             if not info["ok"]:
                 failures.append(Failure(path, info["msg"]))
                 continue
@@ -483,15 +518,19 @@ class BulkDownloader:
                 failures.append(Failure(path, f"no replica could serve chunk {lost[0][:16]}..."))
                 continue
             try:
-                data = b"".join(
-                    bytes(n) if c is None else chunks[c][:n] for c, n in info["extents"]
-                )
-                self._write(self.tree.local(self.dest, path), data, attrs["mode"])
-            except OSError as exc:
+                local = self.tree.local(self.dest, path)
+                if info.get("inline") is not None:
+                    # zeros past the content (truncated up) become a sparse tail
+                    content = inline.decode(info["inline"])[: info["size"]]
+                    n = self._write(local, [content], attrs["mode"], size=info["size"])
+                else:
+                    pieces = [bytes(n) if c is None else chunks[c][:n] for c, n in info["extents"]]
+                    n = self._write(local, pieces, attrs["mode"])
+            except (DfsError, OSError) as exc:
                 failures.append(Failure(path, getattr(exc, "message", None) or str(exc)))
                 continue
             if self.progress:
-                self.progress(len(data))
+                self.progress(n)
         return failures
 
     def get_each(self, files: list[tuple[str, dict[str, Any]]]) -> list[Failure]:
@@ -549,15 +588,24 @@ class BulkDownloader:
         return got
 
     @staticmethod
-    def _write(local: Path, data: bytes, mode: int) -> None:
-        """Into a temp file beside ``local``, renamed into place (never half a file)."""
+    def _write(
+        local: Path, pieces: Iterable[bytes | memoryview], mode: int, size: int | None = None
+    ) -> int:
+        """Into a temp file beside ``local``, renamed into place (never half a file),
+        zero-extended (sparse) up to ``size`` if given; returns the file's length."""
         tmp = local.with_name(f".{local.name}.dfs-part-{os.urandom(6).hex()}")
+        total = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for piece in pieces:
+                    view = memoryview(piece)
+                    total += len(view)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if size is not None and size > total:
+                    os.ftruncate(fd, size)
+                    total = size
                 os.fchmod(fd, mode & 0o7777)  # not narrowed by the umask
             finally:
                 os.close(fd)
@@ -565,3 +613,4 @@ class BulkDownloader:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        return total

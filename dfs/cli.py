@@ -23,8 +23,13 @@ from dfs import paths
 from dfs.bulk import LocalTree, RemoteTree, batches, get_tree, put_tree
 from dfs.client import Client, connect
 from dfs.errors import DfsError, errno_for
+from dfs.inline import INLINE_MAX
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+NO_INLINE_HELP = (
+    f"store small files (at most {INLINE_MAX // 1024} KiB) as chunks on the chunkservers,"
+    " not inline in the metadata service (also: DFS_INLINE=0)"
+)
 
 
 class CliError(Exception):
@@ -75,8 +80,12 @@ def cmd_put(c: Client, a: argparse.Namespace) -> int:
     if not sources:
         raise CliError("put needs LOCAL... REMOTE")
     if sources == ["-"]:
+        target = _remote_target(c, "-", dest, 1)
         with progress_bar(None, "stdin", a.quiet) as tick:
-            c.upload(sys.stdin.buffer, _remote_target(c, "-", dest, 1), progress=tick)
+            try:
+                c.upload(sys.stdin.buffer, target, progress=tick)
+            except DfsError as exc:
+                raise fail("put", target, exc) from None
         return EXIT_OK
     dest_is_dir = len(sources) > 1 or dest.endswith("/") or _is_remote_dir(c, dest)
     status = EXIT_OK
@@ -201,13 +210,16 @@ def cmd_ls(c: Client, a: argparse.Namespace) -> int:
 def cmd_stat(c: Client, a: argparse.Namespace) -> int:
     try:
         attrs = c.stat(a.path)
+        if attrs["type"] == "file":
+            attrs.update(_storage(c.meta.ns("file_chunks", path=paths.normalize(a.path))))
     except DfsError as exc:
         raise fail("stat", a.path, exc) from None
     if a.json:
         print(json.dumps(attrs, indent=2, default=_json_default))
     else:
+        width = max(map(len, attrs))
         for k, v in attrs.items():
-            print(f"{k:>8}: {statmod.filemode(v) if k == 'mode' else v}")
+            print(f"{k:>{width}}: {statmod.filemode(v) if k == 'mode' else v}")
     return EXIT_OK
 
 
@@ -242,6 +254,15 @@ def cmd_mv(c: Client, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _storage(info: dict[str, Any]) -> dict[str, Any]:
+    """Where a file's content lives, from its file_chunks reply: inline in the
+    metadata service (and how many bytes it takes there) or in chunks."""
+    blob = info.get("inline")
+    if blob is None:
+        return {"inline": False, "chunks": sum(1 for cid, _n in info["extents"] if cid)}
+    return {"inline": True, "inline_bytes": len(blob)}
+
+
 def cmd_du(c: Client, a: argparse.Namespace) -> int:
     try:
         attrs = c.stat(a.path)
@@ -250,20 +271,29 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
     files = [(a.path, attrs)] if attrs["type"] != "dir" else RemoteTree.scan(c, a.path).files
     logical = sum(at["size"] for _, at in files)
     chunks: dict[str, int] = {}
+    replicated = inline_files = inline_bytes = 0
+    attrs_of = dict(files)
     for page in _pages(files):
-        r = c.meta.ns("files_chunks", paths=page)
-        for info in r["files"]:
+        infos, _locations = c.files_chunks(page)
+        for p, info in zip(page, infos):
+            at = attrs_of[p]
+            if info.get("inline") is not None:  # no chunk: kept by the metadata service
+                inline_files += 1
+                inline_bytes += len(info["inline"])
+                continue
+            replicated += at["size"] * at["rep"]
             for cid, n in info.get("extents") or ():
                 if cid:
                     chunks[cid] = max(chunks.get(cid, 0), n)
     unique = sum(chunks.values())
-    replicated = sum(at["size"] * at["rep"] for _, at in files)
     out = {
         "path": a.path,
         "files": len(files),
         "logical_bytes": logical,
         "unique_chunk_bytes": unique,
         "replicated_bytes": replicated,
+        "inline_files": inline_files,
+        "inline_bytes": inline_bytes,
     }
     if a.json:
         print(json.dumps(out, indent=2))
@@ -271,6 +301,8 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
         print(f"{_human(logical)}\tlogical\t{a.path} ({len(files)} files)")
         print(f"{_human(unique)}\tafter dedup")
         print(f"{_human(replicated)}\twith replicas")
+        if inline_files:
+            print(f"{_human(inline_bytes)}\tinline in the metadata service ({inline_files} files)")
     return EXIT_OK
 
 
@@ -279,7 +311,8 @@ def _pages(
 ) -> Iterator[list[str]]:
     """Paths in pages of at most 1000 files and ``max_bytes`` of content, so one
     reply (extents and locations, ~100 bytes per MiB-sized chunk) stays far under
-    the 4 MiB header limit; a single bigger file goes alone."""
+    the 4 MiB header limit; a single bigger file goes alone. (Inline content past
+    the reply's own budget comes in follow-up calls: Client.files_chunks.)"""
     for page in batches(files, lambda f: f[1]["size"], 1000, max_bytes):
         yield [p for p, _ in page]
 
@@ -326,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", help="metadata endpoints or cluster.toml (default $DFS_CLUSTER)")
     p.add_argument("--key", help="cluster key file (default $DFS_KEY)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-inline", action="store_true", help=NO_INLINE_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
@@ -339,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("put", cmd_put, "upload files (LOCAL... REMOTE; - reads stdin)")
     sp.add_argument("-r", "--recursive", action="store_true", help="upload directories")
+    sp.add_argument(
+        "--no-inline", action="store_true", default=argparse.SUPPRESS, help=NO_INLINE_HELP
+    )
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp = add("get", cmd_get, "download a file (LOCAL - writes to stdout)")
     sp.add_argument("-r", "--recursive", action="store_true", help="download directories")
@@ -372,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path")
     sp = add("mount", cmd_mount, "mount the cluster as a local directory")
     sp.add_argument("mountpoint")
+    sp.add_argument(
+        "--no-inline", action="store_true", default=argparse.SUPPRESS, help=NO_INLINE_HELP
+    )
     sp.add_argument("--foreground", action="store_true", help="stay in the foreground")
     sp.add_argument("--cache-mb", type=int, default=256, help="chunk cache size (MiB)")
     sp.add_argument("--attr-timeout", type=float, default=1.0, help="attribute cache (s)")
@@ -387,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("mount", "umount"):
             return args.fn(None, args)
-        client = connect(_cluster_arg(args))
+        client = connect(_cluster_arg(args), inline=_inline_wanted(args))
     except DfsError as exc:
         print(f"dfs: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -405,6 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         client.close()
+
+
+def _inline_wanted(args: argparse.Namespace) -> bool:
+    """Small files go inline unless --no-inline or DFS_INLINE=0 (or no/off/false)."""
+    if args.no_inline:
+        return False
+    return os.environ.get("DFS_INLINE", "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 def _cluster_arg(args: argparse.Namespace) -> Any:

@@ -10,6 +10,12 @@ commit leaves no visible file.
 Reads: chunk locations come from the metadata service; chunks are fetched
 several at a time, each verified against its SHA-256; a dead, slow or corrupt
 replica makes the client try the next one (and report a corrupt one).
+
+Small files (at most dfs.inline.INLINE_MAX bytes) may be kept inline: their
+content rides in the commit itself (one Raft entry, no chunk put). Readers
+always understand inline files; a Client writes them only when made with
+``inline=True`` (the ``dfs`` command does, unless ``--no-inline``), and falls
+back to chunks when the cluster's inline budget is spent.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dfs import errors, paths
+from dfs import errors, inline, paths
 from dfs.chunking import DEFAULT, Chunker, ChunkParams, split_buffer, split_stream
 from dfs.config import ClusterConfig, resolve
 from dfs.errors import DfsError
@@ -45,6 +51,7 @@ META_DEADLINE = 30.0  # seconds a metadata call keeps retrying across leader cha
 CHUNK_TIMEOUT = 5.0  # seconds for one chunk from one chunkserver
 SUSPECT_FOR = 20.0  # seconds a chunkserver that timed out is tried last
 LOCATE_WAIT = 20.0  # seconds a read waits for a new leader to relearn chunk locations
+INLINE_RETRY = 60.0  # seconds without trying inline after the cluster's budget was spent
 _MISSING = object()
 
 
@@ -58,6 +65,8 @@ class Stats:
     chunks_fetched: int = 0
     bytes_fetched: int = 0
     bad_replicas: int = 0
+    inline_files: int = 0  # files committed with their content inline
+    inline_fallbacks: int = 0  # small files stored as chunks: the inline budget was spent
 
 
 class Metadata:
@@ -159,8 +168,13 @@ class Client:
         timeout: float = 10.0,
         chunking: ChunkParams = DEFAULT,
         workers: int = 4,
+        inline: bool = False,
     ) -> None:
+        """``inline``: write files of at most INLINE_MAX bytes inline (off by default
+        for the library, so a caller that wants chunks everywhere gets them)."""
         self.config = config
+        self.inline = inline
+        self._inline_off_until = 0.0  # the budget was spent: chunks until then
         self.rpc = RpcClient(security=config.security(), timeout=timeout)
         self.meta = Metadata(self.rpc, config.metadata, timeout)
         self.chunking = chunking
@@ -264,6 +278,8 @@ class Client:
             mode = st.st_mode & 0o7777
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
                 return self.upload(f, remote, mode=mode, progress=progress)
+            if self.inline_ok() and inline.fits(st.st_size):
+                return self.upload(f.read(), remote, mode=mode, progress=progress)
             # a regular file is cut in place: chunks are views of the mapping, no copies
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             try:
@@ -282,7 +298,7 @@ class Client:
         tmp = local.with_name(f".{local.name}.dfs-part-{uuid.uuid4().hex[:12]}")
         try:
             with open(tmp, "wb") as f:
-                n = self.download(remote, f, progress=progress)
+                n = self.download(remote, f, progress=progress, sparse=True)
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
@@ -307,8 +323,21 @@ class Client:
         expect_version: int | None = None,
     ) -> dict[str, Any]:
         """Chunk, dedup, upload and commit ``source`` (a stream, or a buffer cut in
-        place) as ``path``; returns the new attrs."""
+        place) as ``path``; returns the new attrs. Small content goes inline when
+        this client writes inline (see ``inline_ok``)."""
         path = paths.normalize(path)
+        if self.inline_ok():
+            if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
+                head = source
+            else:
+                head = _read_upto(source, inline.INLINE_MAX + 1)
+                source = _Prefixed(head, source)  # the stream again, should it not fit
+            if inline.fits(len(head)):
+                attrs = self.commit_inline(path, head, mode=mode, expect_version=expect_version)
+                if attrs is not None:
+                    if progress:
+                        progress(len(head))
+                    return attrs
         uploader = Uploader(self, None, progress, path=path)
         if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
             chunks: Iterable[bytes | memoryview] = split_buffer(source, self.chunking)
@@ -335,16 +364,43 @@ class Client:
         ``stored`` tells the leader where new chunks were just written, so a
         reader anywhere can find them the moment the commit returns."""
         size = sum(n for _, n in extents)
-        args = {
-            "path": path,
-            "extents": extents,
-            "size": size,
-            "mode": mode,
-            "expect_version": expect_version,
-            **_ids(),
-        }
+        args = commit_args(path, extents, size, mode, expect_version=expect_version)
         r = self.meta.call("md.commit", {"args": args, "stored": stored or {}}, mutate=True)
         return r["attrs"]
+
+    def commit_inline(
+        self,
+        path: str,
+        data: bytes | bytearray | memoryview | mmap.mmap,
+        *,
+        mode: int = 0o644,
+        expect_version: int | None = None,
+    ) -> dict[str, Any] | None:
+        """Make ``data`` (at most INLINE_MAX bytes) the file's content, inline: one
+        commit, no chunk. None when the cluster's inline budget is spent (ENOSPC):
+        the caller stores chunks instead, as every small file will for a while."""
+        args = commit_args(path, [], len(data), mode, expect_version=expect_version)
+        args["inline"] = inline.encode(data)
+        try:
+            r = self.meta.call("md.commit", {"args": args, "stored": {}}, mutate=True)
+        except DfsError as exc:
+            if exc.code != "ENOSPC":
+                raise
+            self.inline_spent()
+            return None
+        self.stats.inline_files += 1 if data else 0  # an empty file holds nothing
+        return r["attrs"]
+
+    def inline_ok(self) -> bool:
+        """Whether small files go inline now: this client writes inline and the
+        cluster did not lately say its inline budget is spent."""
+        return self.inline and time.monotonic() >= self._inline_off_until
+
+    def inline_spent(self) -> None:
+        """The cluster refused inline content (ENOSPC): store chunks for a while
+        rather than pay a refused commit for every small file."""
+        self._inline_off_until = time.monotonic() + INLINE_RETRY
+        self.stats.inline_fallbacks += 1
 
     def locate(self, ids: list[str], dedup: bool = False) -> dict[str, list[str]]:
         """Readable copies of chunks. ``dedup``: for a writer deciding what to skip;
@@ -370,15 +426,56 @@ class Client:
 
     # ------------------------------------------------------------ read path
 
-    def download(self, path: str, out: BinaryIO, progress: Progress | None = None) -> int:
+    def download(
+        self, path: str, out: BinaryIO, progress: Progress | None = None, sparse: bool = False
+    ) -> int:
+        """Write the file to ``out``. ``sparse``: ``out`` is a fresh local file, so
+        the zeros past an inline file's content become a hole (truncate), unwritten."""
         info = self.meta.ns("file_chunks", path=paths.normalize(path))
+        if sparse and info.get("inline") is not None:
+            data = inline.decode(info["inline"])[: info["size"]]
+            out.write(data)
+            out.truncate(info["size"])
+            if progress:
+                progress(info["size"])
+            return info["size"]
         total = 0
-        for data in self.iter_extents(info["extents"], locations=info.get("locations")):
+        for data in self.iter_content(info):
             out.write(data)
             total += len(data)
             if progress:
                 progress(len(data))
         return total
+
+    def iter_content(self, info: dict[str, Any]) -> Iterator[bytes | memoryview]:
+        """A file's content from its ``file_chunks`` reply: inline content (then
+        zeros up to its size, a step at a time: a small file truncated up to a
+        terabyte is legal) or its chunks, several fetched ahead."""
+        if info.get("inline") is not None:
+            return inline.iter_content(info["inline"], info["size"])
+        return self.iter_extents(info["extents"], locations=info.get("locations"))
+
+    def files_chunks(self, names: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """``file_chunks`` of many files in few calls: (replies in order, chunk
+        locations). A reply leaves out inline content past its byte budget
+        (inline_omitted); those files are asked for again, until none is left."""
+        r = self.meta.call("md.files_chunks", {"args": {"paths": names}})
+        files: list[dict[str, Any]] = r["files"]
+        locations: dict[str, list[str]] = dict(r.get("locations") or {})
+        todo = [i for i, f in enumerate(files) if f.get("inline_omitted")]
+        while todo:
+            r = self.meta.call("md.files_chunks", {"args": {"paths": [names[i] for i in todo]}})
+            locations.update(r.get("locations") or {})
+            for i, f in zip(todo, r["files"]):
+                files[i] = f
+            left = [i for i, f in zip(todo, r["files"]) if f.get("inline_omitted")]
+            if len(left) == len(todo):  # no progress (a reply budget under one blob)
+                for i in left:
+                    files[i] = self.meta.ns("file_chunks", path=names[i])
+                    locations.update(files[i].get("locations") or {})
+                left = []
+            todo = left
+        return files, locations
 
     def iter_extents(
         self,
@@ -512,6 +609,11 @@ class Uploader:
         self._inflight: deque[tuple[list[Future], str, bytes, list[str]]] = deque()
         self._inflight_bytes = 0
 
+    @property
+    def empty(self) -> bool:
+        """Whether no chunk was given to this uploader yet."""
+        return not self._batch and not self.extents
+
     def add(self, chunk: bytes | memoryview) -> None:
         self._batch.append((self.client._pool.submit(_sha256_hex, chunk), chunk))
         if len(self._batch) >= BATCH_CHUNKS:
@@ -642,6 +744,45 @@ def _ids() -> dict[str, int]:
     return {"uid": os.getuid(), "gid": os.getgid()}
 
 
+def commit_args(
+    path: str, extents: list[list[Any]], size: int, mode: int, **more: Any
+) -> dict[str, Any]:
+    """The arguments of one ``commit`` (alone, or as one op of a ``batch``)."""
+    return {"path": path, "extents": extents, "size": size, "mode": mode, **more, **_ids()}
+
+
+def _read_upto(stream: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of a stream (a pipe returns less per read than asked)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream whose first bytes were already read: ``head``, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head: bytes | memoryview = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            k = len(self._head) if n is None or n < 0 else n
+            out, self._head = bytes(self._head[:k]), self._head[k:]
+            return out
+        return self._rest.read(n)
+
+
 class FileReader(io.RawIOBase):
     """A seekable, read-only view of one version of a file, chunk-cached."""
 
@@ -651,6 +792,9 @@ class FileReader(io.RawIOBase):
         info = client.meta.ns("file_chunks", path=paths.normalize(path))
         self.size: int = info["size"]
         self.version: int = info["version"]
+        # an inline file's content (zeros follow it up to size, never materialized)
+        blob = info.get("inline")
+        self._inline: bytes | None = None if blob is None else inline.decode(blob)[: self.size]
         self._extents: list[tuple[int, str | None, int]] = []
         off = 0
         for cid, n in info["extents"]:
@@ -691,8 +835,11 @@ class FileReader(io.RawIOBase):
 
     def pread(self, offset: int, n: int) -> bytes:
         """Bytes [offset, offset+n) clipped to the file's size."""
-        out = bytearray()
         end = min(self.size, offset + n)
+        if self._inline is not None:
+            data = self._inline[offset:end]
+            return data + bytes(max(0, end - max(offset, len(self._inline))))
+        out = bytearray()
         i = self._index(offset)
         while offset < end and i < len(self._extents):
             start, _cid, length = self._extents[i]
@@ -754,7 +901,14 @@ class FileWriter(io.RawIOBase):
         if self.closed:
             return
         try:
-            for chunk in self._chunker.finish():
+            tail = self._chunker.finish()
+            small = self._uploader.empty and inline.fits(sum(map(len, tail)))
+            if small and self.client.inline_ok():
+                data = b"".join(tail)
+                self.attrs = self.client.commit_inline(self.path, data, mode=self.mode)
+                if self.attrs is not None:
+                    return
+            for chunk in tail:
                 self._uploader.add(chunk)
             extents = self._uploader.finish()
             self.attrs = self.client.commit(

@@ -131,6 +131,11 @@ def cmd_status(a: argparse.Namespace) -> int:
         st["metadata_nodes"] = _node_statuses(c, [v for v in st.get("voters", {}).values() if v])
     finally:
         c.close()
+    # small files kept inline in the namespace (no chunks): beside the chunk figures
+    ns_stat = st.get("namespace") or {}
+    cl = st.setdefault("cluster", {})
+    for k in ("inline_files", "inline_bytes"):
+        cl.setdefault(k, ns_stat.get(k, 0))
     lead_commit = st.get("node", {}).get("commit", 0)
     for n in st["metadata_nodes"]:
         if "applied" in n:
@@ -191,6 +196,8 @@ def _print_status(st: dict[str, Any]) -> None:
     rows = [
         ("files", str(cl.get("files", 0))),
         ("logical bytes", _human(cl.get("logical_bytes", 0))),
+        ("inline files (no chunks)", str(cl.get("inline_files", 0))),
+        ("inline bytes (in metadata)", _human(cl.get("inline_bytes", 0))),
         ("unique chunk bytes", _human(cl.get("unique_bytes", 0))),
         ("stored bytes (all copies)", _human(cl.get("stored_bytes", 0))),
         ("dedup ratio", f"{cl.get('dedup_ratio', 1.0):.2f}x"),

@@ -1,0 +1,333 @@
+"""The client side of inline files (dfs/inline.py): the library, put -r / get -r
+and the dfs / dfs-admin commands, on a real cluster."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfs import inline
+from dfs.bulk import BATCH_FILES, LocalTree, RemoteTree, get_tree, put_tree
+from dfs.client import Client, connect
+from dfs.config import resolve
+from dfs.errors import DfsError
+from tools.cluster import LocalCluster
+
+MAX = inline.INLINE_MAX
+
+
+@pytest.fixture(scope="module")
+def ic(cluster: LocalCluster) -> Iterator[Client]:
+    """A client that writes small files inline (as the dfs command does)."""
+    c = connect(str(cluster.cluster_file), inline=True)
+    yield c
+    c.close()
+
+
+def run(cluster: LocalCluster, *args: str, input: bytes | None = None, **env: str) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "dfs.cli", *args],
+        input=input,
+        capture_output=True,
+        env={**os.environ, "DFS_CLUSTER": str(cluster.cluster_file), **env},
+        timeout=120,
+    )
+
+
+def is_inline(c: Client, path: str) -> bool:
+    fc = c.meta.ns("file_chunks", path=path)
+    assert (fc.get("inline") is not None) == (fc["extents"] == [] and fc["size"] > 0)
+    return fc.get("inline") is not None
+
+
+@pytest.mark.parametrize("size", [0, 1, MAX, MAX + 1])
+def test_round_trip_sizes(ic: Client, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    sent = ic.stats.chunks_sent
+    ic.mkdir("/rt", parents=True)
+    ic.write_bytes(f"/rt/b{size}", data)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    ic.put(src, f"/rt/p{size}")
+    for name in (f"/rt/b{size}", f"/rt/p{size}"):
+        assert ic.read_bytes(name) == data
+        assert is_inline(ic, name) == (0 < size <= MAX)
+        ic.get(name, tmp_path / "back")
+        assert (tmp_path / "back").read_bytes() == data
+        with ic.open(name) as f:
+            assert f.read() == data
+    # only the file over the limit went to the chunkservers (twice: the second deduped)
+    assert ic.stats.chunks_sent - sent == (1 if size > MAX else 0)
+
+
+def test_cli_put_inline_from_file_and_stdin(
+    cluster: LocalCluster, ic: Client, tmp_path: Path
+) -> None:
+    ic.mkdir("/cli-in", parents=True)
+    for size in (1, MAX, MAX + 1, 3 << 20):
+        data = os.urandom(size)
+        r = run(cluster, "put", "-", f"/cli-in/s{size}", input=data)
+        assert r.returncode == 0, r.stderr
+        src = tmp_path / f"f{size}"
+        src.write_bytes(data)
+        assert run(cluster, "put", str(src), f"/cli-in/f{size}").returncode == 0
+        for name in (f"/cli-in/s{size}", f"/cli-in/f{size}"):
+            assert is_inline(ic, name) == (size <= MAX), name
+            r = run(cluster, "cat", name)
+            assert r.returncode == 0 and r.stdout == data
+
+
+def test_no_inline_option_and_env(cluster: LocalCluster, ic: Client) -> None:
+    ic.mkdir("/noinl", parents=True)
+    assert run(cluster, "put", "--no-inline", "-", "/noinl/a", input=b"a").returncode == 0
+    assert run(cluster, "--no-inline", "put", "-", "/noinl/b", input=b"b").returncode == 0
+    assert run(cluster, "put", "-", "/noinl/c", input=b"c", DFS_INLINE="0").returncode == 0
+    assert run(cluster, "put", "-", "/noinl/d", input=b"d", DFS_INLINE="1").returncode == 0
+    assert [is_inline(ic, f"/noinl/{n}") for n in "abcd"] == [False, False, False, True]
+    assert run(cluster, "get", "--no-inline", "/noinl/a", "-").returncode == 2  # put only
+
+
+def test_truncated_up_inline_file_reads_content_then_zeros(ic: Client, tmp_path: Path) -> None:
+    ic.write_bytes("/trunc", b"hello")
+    ic.meta.ns("setattr", True, path="/trunc", size=5 << 20)
+    assert is_inline(ic, "/trunc")
+    assert ic.read_bytes("/trunc") == b"hello" + bytes((5 << 20) - 5)
+
+    class Sink(io.RawIOBase):
+        """Counts what it is given; remembers the biggest single write."""
+
+        def __init__(self) -> None:
+            self.n, self.biggest = 0, 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            self.n += len(b)
+            self.biggest = max(self.biggest, len(b))
+            return len(b)
+
+    # a terabyte of zeros streams a piece at a time (cat, get -) ...
+    ic.meta.ns("setattr", True, path="/trunc", size=1 << 40)
+    info = ic.meta.ns("file_chunks", path="/trunc")
+    pieces = ic.iter_content(info)
+    assert bytes(next(pieces)) == b"hello"
+    assert len(next(pieces)) <= 1 << 20
+    # ... and a get to a local file leaves a hole, nothing written past the content
+    out = tmp_path / "tb"
+    assert ic.get("/trunc", out) == 1 << 40
+    st = os.stat(out)
+    assert st.st_size == 1 << 40 and st.st_blocks * 512 < 1 << 20
+    with open(out, "rb") as f:
+        assert f.read(8) == b"hello\0\0\0"
+        f.seek((1 << 40) - 4)
+        assert f.read() == bytes(4)
+    with ic.open("/trunc") as f:
+        f.seek(3)
+        assert f.read(4) == b"lo\0\0"
+        f.seek(-2, io.SEEK_END)
+        assert f.read(10) == b"\0\0"
+        assert f.read(10) == b""
+    sink = Sink()
+    ic.meta.ns("setattr", True, path="/trunc", size=3 << 20)
+    assert ic.download("/trunc", sink) == 3 << 20  # type: ignore[arg-type]
+    assert sink.n == 3 << 20 and sink.biggest <= 1 << 20
+    ic.meta.ns("setattr", True, path="/trunc", size=2)  # down: a prefix stays
+    assert ic.read_bytes("/trunc") == b"he" and is_inline(ic, "/trunc")
+
+
+def test_file_writer_commits_small_files_inline(ic: Client) -> None:
+    with ic.open("/w-small", "wb") as f:
+        f.write(b"a" * 1000)
+        f.write(b"b" * 1000)
+    assert is_inline(ic, "/w-small")
+    assert ic.read_bytes("/w-small") == b"a" * 1000 + b"b" * 1000
+    data = os.urandom(MAX + 10)
+    with ic.open("/w-big", "wb") as f:
+        f.write(data)
+    assert not is_inline(ic, "/w-big") and ic.read_bytes("/w-big") == data
+
+
+def mixed_tree(root: Path, n: int) -> dict[str, bytes]:
+    """n files: empty, tiny, text (compresses), random up to INLINE_MAX, a few
+    just over it and one of several chunks."""
+    want: dict[str, bytes] = {}
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            data = b""
+        elif kind == 1:
+            data = os.urandom(i % 100 + 1)
+        elif kind == 2:
+            data = (f"line {i}\n" * (i * 7 % 5000)).encode()
+        elif kind == 3:
+            data = os.urandom(min(MAX, i * 311 % (MAX + 1)))
+        else:
+            data = os.urandom(MAX + 1 + i)
+        want[f"d{i % 4}/f{i}"] = data
+    want["big.bin"] = os.urandom(3 << 20)
+    for rel, data in want.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return want
+
+
+def test_put_and_get_tree_mixing_inline_and_chunks(ic: Client, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    want = mixed_tree(src, 2 * BATCH_FILES + 20)
+    sent, inl = ic.stats.chunks_sent, ic.stats.inline_files
+    assert put_tree(ic, LocalTree.scan(src), "/mix") == []
+    small = [r for r, d in want.items() if 0 < len(d) <= MAX]
+    chunked = [r for r, d in want.items() if len(d) > MAX]
+    assert ic.stats.inline_files - inl == len(small)
+    assert len(chunked) <= ic.stats.chunks_sent - sent <= len(chunked) + 8  # + big.bin's
+    for rel in small[:20] + chunked[:5]:
+        assert is_inline(ic, f"/mix/{rel}") == (rel in small)
+    back = tmp_path / "back"
+    assert get_tree(ic, RemoteTree.scan(ic, "/mix"), back) == []
+    for rel, data in want.items():
+        assert (back / rel).read_bytes() == data, rel
+    # a re-put replaces inline files with inline files, chunked with chunked
+    assert put_tree(ic, LocalTree.scan(src), "/mix") == []
+    assert all(ic.read_bytes(f"/mix/{r}") == want[r] for r in small[:10] + chunked[:3])
+
+
+def test_inline_bytes_per_batch_call_stay_under_the_header_limit(
+    ic: Client, tmp_path: Path
+) -> None:
+    """One batch of 120 incompressible 60 KiB files holds 7 MiB of inline content:
+    in one md.batch its header would be refused (4 MiB), so it goes in several."""
+    src = tmp_path / "src"
+    src.mkdir()
+    want = {f"r{i:03d}": os.urandom(60 << 10) for i in range(120)}
+    for rel, data in want.items():
+        (src / rel).write_bytes(data)
+    assert put_tree(ic, LocalTree.scan(src), "/hdr") == []
+    assert all(is_inline(ic, f"/hdr/{r}") for r in list(want)[::17])
+    # one files_chunks reply carries at most 1 MiB of it: the rest comes inline_omitted
+    names = [f"/hdr/{r}" for r in want]
+    raw = ic.meta.call("md.files_chunks", {"args": {"paths": names}})["files"]
+    assert any(f.get("inline_omitted") for f in raw) and raw[0].get("inline") is not None
+    infos, _ = ic.files_chunks(names)
+    assert all(inline.decode(f["inline"]) == want[n[5:]] for n, f in zip(names, infos))
+    # get -r fetches the omitted ones too
+    back = tmp_path / "back"
+    assert get_tree(ic, RemoteTree.scan(ic, "/hdr"), back) == []
+    assert all((back / rel).read_bytes() == data for rel, data in want.items())
+
+
+class BudgetSpent(Client):
+    """A client to whom the metadata service answers as when its inline budget
+    is spent: each inline commit gets ENOSPC, everything else goes to the real
+    cluster. (The budget is a constant of 1 GiB: filling it for real would take a
+    gigabyte of RAM on every metadata node.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = 0
+        real = self.meta.call
+
+        def call(op: str, fields: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+            args = (fields or {}).get("args") or {}
+            if op == "md.commit" and args.get("inline") is not None:
+                self.refused += 1
+                raise DfsError("ENOSPC", "inline content budget is spent")
+            if op == "md.batch":
+                ops = args["ops"]
+                keep = [o for o in ops if o["args"].get("inline") is None]
+                r = real(op, {**fields, "args": {"ops": keep}}, **kw) if keep else {"results": []}
+                done = iter(r["results"])
+                spent = {"ok": False, "code": "ENOSPC", "msg": "inline content budget is spent"}
+                self.refused += len(ops) - len(keep)
+                return {
+                    "ok": True,
+                    "results": [
+                        next(done) if o["args"].get("inline") is None else spent for o in ops
+                    ],
+                }
+            return real(op, fields, **kw)
+
+        self.meta.call = call  # type: ignore[method-assign]
+
+
+def test_budget_spent_falls_back_to_chunks(cluster: LocalCluster, tmp_path: Path) -> None:
+    with BudgetSpent(resolve(str(cluster.cluster_file)), inline=True) as c:
+        c.mkdir("/spent")
+        c.write_bytes("/spent/one", b"x" * 100)
+        assert c.refused == 1 and c.stats.inline_fallbacks == 1
+        assert not is_inline(c, "/spent/one") and c.read_bytes("/spent/one") == b"x" * 100
+        c.write_bytes("/spent/two", b"y")  # no second refusal: chunks for a while
+        assert c.refused == 1 and not is_inline(c, "/spent/two")
+        c._inline_off_until = 0.0  # the while is over: put -r tries inline again
+        src = tmp_path / "src"
+        src.mkdir()
+        want = {f"f{i}": os.urandom(i * 50) for i in range(40)}
+        for rel, data in want.items():
+            (src / rel).write_bytes(data)
+        assert put_tree(c, LocalTree.scan(src), "/spent/tree") == []
+        assert c.refused == 1 + 39 and c.stats.inline_fallbacks == 2  # f0 is empty
+        for rel, data in want.items():
+            assert c.read_bytes(f"/spent/tree/{rel}") == data
+        assert not any(is_inline(c, f"/spent/tree/f{i}") for i in range(1, 40, 7))
+
+
+def test_du_stat_and_status_show_inline(cluster: LocalCluster, ic: Client) -> None:
+    ic.mkdir("/du", parents=True)
+    ic.write_bytes("/du/a", b"a" * 3000)  # compresses
+    ic.write_bytes("/du/b", os.urandom(2000))
+    big = os.urandom(MAX + 1)
+    ic.write_bytes("/du/c", big)
+    r = run(cluster, "du", "--json", "/du")
+    du = json.loads(r.stdout)
+    blobs = [len(ic.meta.ns("file_chunks", path=p)["inline"]) for p in ("/du/a", "/du/b")]
+    assert du["files"] == 3 and du["logical_bytes"] == 5000 + MAX + 1
+    assert du["inline_files"] == 2 and du["inline_bytes"] == sum(blobs)
+    assert blobs[0] < 100  # stored compressed
+    assert du["unique_chunk_bytes"] == MAX + 1 and du["replicated_bytes"] == 3 * (MAX + 1)
+    r = run(cluster, "du", "/du")
+    assert r.returncode == 0 and b"inline in the metadata service (2 files)" in r.stdout
+    st = json.loads(run(cluster, "stat", "--json", "/du/a").stdout)
+    assert st["inline"] is True and st["inline_bytes"] == blobs[0] and st["size"] == 3000
+    st = json.loads(run(cluster, "stat", "--json", "/du/c").stdout)
+    assert st["inline"] is False and st["chunks"] == 1
+    r = run(cluster, "stat", "/du/a")
+    assert b"inline: True" in r.stdout
+    admin = [sys.executable, "-m", "tools.admin", "--cluster", str(cluster.cluster_file)]
+    r = subprocess.run([*admin, "status", "--json"], capture_output=True, timeout=60)
+    cl = json.loads(r.stdout)["cluster"]
+    fs = ic.statfs()
+    assert cl["inline_files"] == fs["inline_files"] >= 2
+    assert cl["inline_bytes"] == fs["inline_bytes"] >= sum(blobs)
+    r = subprocess.run([*admin, "status"], capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"inline files" in r.stdout
+    # fsck: an inline file has no chunks to miss
+    r = subprocess.run([*admin, "fsck", "/du", "--json"], capture_output=True, timeout=60)
+    fsck = json.loads(r.stdout)
+    assert r.returncode == 0 and fsck["files"] == 3 and fsck["chunks"] == 1
+
+
+def test_bad_input(cluster: LocalCluster, ic: Client, tmp_path: Path) -> None:
+    # a bad blob is refused by the metadata service, and no file appears
+    args = {"path": "/bad", "extents": [], "size": 3, "mode": 0o644, "inline": b"\x07abc"}
+    with pytest.raises(DfsError) as e:
+        ic.meta.call("md.commit", {"args": args, "stored": {}}, mutate=True)
+    assert e.value.code == "EINVAL" and not ic.exists("/bad")
+    with pytest.raises(DfsError) as e:
+        ic.commit_inline("/bad", bytes(MAX + 1))  # too big to be inline at all
+    assert e.value.code == "EFBIG" and not ic.exists("/bad")
+    # an inline file is no directory, and a directory has no content
+    ic.write_bytes("/badf", b"f")
+    r = run(cluster, "put", "-", "/badf/x", input=b"x")
+    assert r.returncode == 1 and b"cannot put '/badf/x'" in r.stderr and ic.exists("/badf")
+    r = run(cluster, "cat", "/")
+    assert r.returncode == 1 and b"dfs:" in r.stderr
+    r = run(cluster, "put", str(tmp_path / "missing"), "/m")
+    assert r.returncode == 1 and b"No such file" in r.stderr
