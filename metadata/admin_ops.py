@@ -335,11 +335,14 @@ class AdminOps:
 
     # ------------------------------------------------------------ membership
 
-    DEFERRED_ACTIONS = ("raft_add", "raft_remove")  # answered once committed
+    DEFERRED_ACTIONS = ("raft_add", "raft_remove", "set_limits")  # answered once committed
 
     def admin_deferred(self, action: str, a: dict[str, Any], reply: Callable[[Any], None]) -> None:
-        """raft_add / raft_remove: ``reply`` gets the result map or a DfsError once
-        the change is committed (or refused)."""
+        """raft_add / raft_remove / set_limits: ``reply`` gets the result map or a
+        DfsError once the change is committed (or refused)."""
+        if action == "set_limits":
+            self._set_limits(a, reply)
+            return
         try:
             node_id = a.get("node")
             if isinstance(node_id, str) and node_id.isdigit():
@@ -416,6 +419,20 @@ class AdminOps:
             reply({"node": node_id, "endpoint": endpoint, **result})
 
         driver.propose_conf_change("remove", node_id, changed)
+
+    def _set_limits(self, a: dict[str, Any], reply: Callable[[Any], None]) -> None:
+        """Cluster-wide limits (inline_budget) live in the namespace, changed
+        through the log so that every replica holds the same ones."""
+
+        def done(result: Any) -> None:
+            if isinstance(result, dict) and not result.get("ok"):
+                result = DfsError(result.get("code", "EIO"), result.get("msg", ""))
+            elif isinstance(result, dict):
+                result = {k: v for k, v in result.items() if k != "ok"}
+            reply(result)
+
+        cmd = {"op": "set_limits", "args": a, "client": None, "seq": None, "ts": time.time_ns()}
+        self.node.driver.propose(msgpack.packb(cmd, use_bin_type=True), done)
 
     def _propose_peers(self, args: dict[str, Any], done: Callable[[Any], None]) -> None:
         from metadata.server import PEERS_OP

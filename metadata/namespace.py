@@ -81,7 +81,8 @@ MAX_CLIENT = 256  # characters of a client id
 MAX_PAGE = 10_000  # entries in one readdir / all_chunks page (larger limits are clamped)
 # Small files' inline content is in every metadata node's RAM: past this many
 # bytes of it (encoded), commits of inline content get ENOSPC and clients store
-# chunks instead. A constant, not a per-node option: every replica must decide alike.
+# chunks instead. The default of a new namespace; `dfs-admin limits` changes it
+# through the log (set_limits), so every replica decides alike.
 INLINE_BUDGET = 1 << 30
 INLINE_REPLY_BUDGET = 1 << 20  # inline bytes in one files_chunks reply (under the header limit)
 DEFAULT_SESSION_TIMEOUT = 3600 * 10**9  # ns
@@ -341,6 +342,7 @@ MUTATIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "inline": (_inline, None),
     },
     "batch": {"ops": (_batch_ops, REQ)},
+    "set_limits": {"inline_budget": (_int(0, I64_MAX), None)},
     "gc_mark": {"chunk_ids": (_chunk_ids, REQ), "ts": (_TS, None)},
     "gc_expire": {"before_ts": (_TS, REQ), "limit": (_int(1, MAX_IDS), MAX_IDS)},
 }
@@ -418,6 +420,7 @@ class Namespace:
         self.logical_bytes = 0  # sum of regular file sizes (per inode)
         self.inline_files = 0  # regular files whose content is inline
         self.inline_bytes = 0  # their blobs' bytes (see INLINE_BUDGET)
+        self.inline_budget = INLINE_BUDGET
 
     # == entry points ==============================================================
 
@@ -944,8 +947,8 @@ class Namespace:
         node = d.entries.get(name) if name else d
         if blob is not None:
             held = len(node.data) if node is not None and type(node.data) is Inline else 0
-            if self.inline_bytes - held + len(blob) > INLINE_BUDGET:
-                raise DfsError("ENOSPC", f"inline content budget ({INLINE_BUDGET} B) is spent")
+            if self.inline_bytes - held + len(blob) > self.inline_budget:
+                raise DfsError("ENOSPC", f"inline budget ({self.inline_budget} B) is spent")
         ev = a["expect_version"]
         if node is None:
             if ev is not None and ev != 0:
@@ -992,6 +995,13 @@ class Namespace:
             "ok": True,
             "results": [self._run(MUTATIONS, op, args, ts) for op, args in a["ops"]],
         }
+
+    def _op_set_limits(self, a: dict, ts: int) -> dict:
+        """set_limits(inline_budget=None) -> the limits now (an admin action).
+        A smaller budget than what is stored already only stops new inline content."""
+        if a["inline_budget"] is not None:
+            self.inline_budget = a["inline_budget"]
+        return {"ok": True, "inline_budget": self.inline_budget}
 
     def _op_gc_mark(self, a: dict, ts: int) -> dict:
         """gc_mark(chunk_ids, ts=cmd ts) -> marked: make the unreferenced ones
@@ -1059,6 +1069,7 @@ class Namespace:
             "logical_bytes": self.logical_bytes,
             "inline_files": self.inline_files,
             "inline_bytes": self.inline_bytes,
+            "inline_budget": self.inline_budget,
             "chunks": r.distinct,
             "chunk_refs": r.total,
             "referenced_bytes": r.ref_bytes,

@@ -206,6 +206,7 @@ def _dump(ns: Any) -> bytes:
         "targets": targets,
         "rdevs": rdevs,
         "inline": inline,
+        "inline_budget": ns.inline_budget,
         "xattrs": xattrs,
         "garbage_ids": b"".join(c for c, _t in garbage),
         "garbage_ts": _col(g_ts),
@@ -345,6 +346,7 @@ def _load(cls: Any, data: bytes) -> Any:
     ns.n_files, ns.n_dirs, ns.n_symlinks, ns.n_specials = n_files, n_dirs, n_links, n_specials
     ns.logical_bytes = logical
     ns.inline_files, ns.inline_bytes = n_inline, inline_bytes
+    ns.inline_budget = st.get("inline_budget", ns.inline_budget)
     ns.xattrs = {ino: {k: v for k, v in xs} for ino, xs in st["xattrs"]}
     g_ids: bytes = st["garbage_ids"]
     g_ts = _uncol(st["garbage_ts"])

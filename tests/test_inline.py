@@ -98,9 +98,11 @@ def test_bad_inline_commits_change_nothing() -> None:
     assert ns.snapshot() == before
 
 
-def test_inline_budget_spent_gives_enospc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inline_budget_spent_gives_enospc() -> None:
     ns = Namespace()
-    monkeypatch.setattr(ns_mod, "INLINE_BUDGET", 100)
+    assert apply(ns, "set_limits", inline_budget=100)["inline_budget"] == 100
+    assert Namespace.restore(ns.snapshot()).inline_budget == 100
+    assert apply(ns, "set_limits", inline_budget=-1)["code"] == "EINVAL"
     assert apply(ns, "commit", path="/a", extents=[], inline=b"\x00" + bytes(60))["ok"]
     r = apply(ns, "commit", path="/b", extents=[], inline=b"\x00" + bytes(60))
     assert r["code"] == "ENOSPC"

@@ -127,6 +127,7 @@ def _valid_args(op: str) -> dict:
         "gc_mark": {"chunk_ids": [CID], "ts": 5},
         "gc_expire": {"before_ts": 5, "limit": 10},
         "batch": {"ops": [{"op": "mkdir", "args": {"path": "/n"}}]},
+        "set_limits": {"inline_budget": 1000},
     }[op]  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 A file's content is a list of extents ``[ref, length]``: the first ``length``
 bytes of a chunk (``ref`` a chunk id, or a ``Pending`` chunk still being
-uploaded) or a hole of zeros (``ref`` None). Writes land in a sorted set of
+uploaded), of a small file's inline content (``ref`` the bytes themselves,
+see dfs/inline.py), or a hole of zeros (``ref`` None). Writes land in a sorted set of
 dirty byte intervals over it. When enough is dirty, or at flush, each dirty
 interval is spliced in: the extents before it are kept (the one it starts in
 becomes a shorter prefix), the interval plus the old bytes up to the end of
@@ -12,7 +13,9 @@ only about one chunk, and appends never touch what came before.
 
 New chunks upload in the background while the application keeps writing;
 ``commit`` waits for them and then makes the new extent list visible in one
-metadata commit: close() returns only when the data is durable.
+metadata commit: close() returns only when the data is durable. A file of at
+most INLINE_MAX bytes uploads nothing: its commit carries the content itself,
+so closing it costs one Raft commit (no chunk put on three chunkservers).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dfs import errors
+from dfs import errors, inline
 from dfs.chunking import split_buffer
 from dfs.client import Client, Uploader
 from dfs.errors import DfsError
@@ -55,7 +58,22 @@ class Pending:
         self.error: BaseException | None = None
 
 
-Ref = Any  # None (hole) | str (chunk id) | Pending
+Ref = Any  # None (hole) | str (chunk id) | Pending | bytes (inline content)
+INLINE_RETRY = 60.0  # seconds before trying inline again after the budget was spent
+
+
+def content_extents(info: dict[str, Any]) -> list[list[Any]]:
+    """A file_chunks reply's content as extents: chunk ids and holes, or an inline
+    file's content (bytes) and the zeros after it."""
+    blob = info.get("inline")
+    if blob is None:
+        return info["extents"]
+    size = info["size"]
+    data = inline.decode(blob)[:size]
+    out: list[list[Any]] = [[data, len(data)]] if data else []
+    if size > len(data):
+        out.append([None, size - len(data)])
+    return out
 
 
 class Writeback:
@@ -224,6 +242,8 @@ class FileState:
             self.version = version
 
     def _chunk_bytes(self, ref: Ref) -> Chunk:
+        if type(ref) is bytes:
+            return ref
         if isinstance(ref, Pending):
             data = ref.data
             if data is not None:
@@ -257,7 +277,8 @@ class FileState:
                 while pos < end:
                     ref, length = ext[i]
                     s = offs[i]
-                    data = peek(ref) if type(ref) is str else None
+                    tr = type(ref)
+                    data = peek(ref) if tr is str else ref if tr is bytes else None
                     if data is None:
                         break
                     hi = min(end, s + length)
@@ -431,6 +452,7 @@ class FileState:
         with self.mu:
             if (
                 self.new
+                and not self._inline_ok()
                 and len(self._starts) == 1
                 and self._starts[0] == 0
                 and self.dirty_bytes == self.size < SMALL_CHUNK
@@ -503,6 +525,58 @@ class FileState:
 
     # ------------------------------------------------------------ commit
 
+    def _inline_ok(self) -> bool:
+        """Whether this file's next commit may carry its content inline."""
+        fs = self.fs
+        return (
+            self.size <= inline.INLINE_MAX
+            and fs.inline
+            and time.monotonic() >= fs.inline_paused_until
+        )
+
+    def _whole(self) -> bytes:
+        """The file's whole content (small: an inline commit's body)."""
+        out = bytearray(self.size)
+        for (ref, n), off in zip(self.ext, self.offs):
+            k = min(n, self.size - off)
+            if ref is not None and k > 0:
+                out[off : off + k] = memoryview(self._chunk_bytes(ref))[:k]
+        for a, buf in zip(self._starts, self._bufs):
+            k = min(len(buf), self.size - a)
+            if k > 0:
+                out[a : a + k] = memoryview(buf)[:k]
+        return bytes(out)
+
+    def _upload_all(self) -> tuple[list[list[Any]], dict[str, list[str]]]:
+        """Seal what is written, wait until every new chunk is stored, and return
+        the extents to commit and where their new chunks went."""
+        self._seal(final=True)
+        if self.size > self.base:
+            self._set_extents([*self.ext, [None, self.size - self.base]])
+        small = [(i, ref, n) for i, (ref, n) in enumerate(self.ext) if type(ref) is bytes]
+        if small:  # inline content, and the file outgrew it: it becomes a chunk
+            for i, ref, n in small:
+                self.ext[i][0] = Pending(memoryview(ref)[:n])
+            self.fs.writeback.submit([self.ext[i][0] for i, _r, _n in small], self.rep)
+        for attempt in range(2):
+            failed = []
+            for ref, _n in self.ext:
+                if isinstance(ref, Pending):
+                    ref.done.wait()
+                    if ref.cid is None:
+                        failed.append(ref)
+            if not failed:
+                break
+            if attempt == 1:
+                raise DfsError(errors.UNAVAILABLE, f"upload failed: {failed[0].error}")
+            for p in failed:  # one more try: the pipeline picks new chunkservers
+                p.error = None
+                p.done.clear()
+            self.fs.writeback.submit(failed, self.rep)
+        extents = [[r.cid if isinstance(r, Pending) else r, n] for r, n in self.ext]
+        stored = {r.cid: r.servers for r, _n in self.ext if isinstance(r, Pending) and r.servers}
+        return extents, stored
+
     def commit(self, path: str | None) -> None:
         """Upload what is written and make it the file's content (flush/fsync)."""
         with self.mu:
@@ -511,79 +585,83 @@ class FileState:
             if path is None:  # unlinked while open: its content goes with it
                 self.modified = False
                 return
-            self._seal(final=True)
-            if self.size > self.base:
-                self._set_extents([*self.ext, [None, self.size - self.base]])
-            for attempt in range(2):
-                failed = []
-                for ref, _n in self.ext:
-                    if isinstance(ref, Pending):
-                        ref.done.wait()
-                        if ref.cid is None:
-                            failed.append(ref)
-                if not failed:
-                    break
-                if attempt == 1:
-                    raise DfsError(errors.UNAVAILABLE, f"upload failed: {failed[0].error}")
-                for p in failed:  # one more try: the pipeline picks new chunkservers
-                    p.error = None
-                    p.done.clear()
-                self.fs.writeback.submit(failed, self.rep)
-            extents = [[r.cid if isinstance(r, Pending) else r, n] for r, n in self.ext]
-            stored = {
-                r.cid: r.servers for r, _n in self.ext if isinstance(r, Pending) and r.servers
-            }
-            args: dict[str, Any] = {
-                "path": path,
-                "extents": extents,
-                "size": self.size,
-                "create": self.new,
-            }
+            body: bytes | None = None
+            stored: dict[str, list[str]] = {}
+            if self._inline_ok():
+                body = self._whole()
+                args: dict[str, Any] = {"path": path, "extents": [], "inline": inline.encode(body)}
+            else:
+                extents, stored = self._upload_all()
+                args = {"path": path, "extents": extents}
+            args.update(size=self.size, create=self.new)
             if self.new:  # lazy create: this commit makes the file, in one Raft step
                 a = self.attrs
                 args.update(mode=a["mode"] & 0o7777, uid=a["uid"], gid=a["gid"], expect_version=0)
             for k in ("atime", "mtime"):  # times set while writing (tar, cp -p) ride along
                 if k in self.deferred:
                     args[k] = self.deferred[k]
-            meta = self.fs.client.meta
             try:
-                try:
-                    r = meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
-                except DfsError as exc:
-                    if exc.code != "ESTALE" or not self.new:
-                        raise
-                    if self.exclusive:  # made elsewhere since our O_EXCL create
-                        raise DfsError("EEXIST", f"{path}: created elsewhere meanwhile") from None
-                    args["expect_version"] = None  # O_CREAT without O_EXCL: ours wins
-                    r = meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
+                r = self._send_commit(path, args, stored)
             except DfsError as exc:
-                if exc.code != "ENOENT":
+                if exc.code != "ENOSPC" or body is None:
                     raise
-                log.info("commit %s: file is gone (%s); dropping its content", path, exc)
-                self.modified = False
+                log.warning("inline content budget spent: storing chunks for a while")
+                self.fs.inline_paused_until = time.monotonic() + INLINE_RETRY
+                self.commit(path)
                 return
-            attrs = r["attrs"]
-            self._set_extents(extents)
-            self.version = attrs["version"]
-            was_new, old_ino = self.new, self.ino
-            self.new = False
+            if r is None:
+                return
+            if body is not None:  # what was written is now the committed content
+                self._starts, self._bufs, self.dirty_bytes = [], [], 0
+                self._set_extents([[body, len(body)]])
+            else:
+                self._set_extents(args["extents"])
+            self._committed(path, r["attrs"])
+
+    def _send_commit(
+        self, path: str, args: dict[str, Any], stored: dict[str, list[str]]
+    ) -> dict[str, Any] | None:
+        """md.commit; None when the file is gone (its content is dropped)."""
+        meta = self.fs.client.meta
+        try:
+            try:
+                return meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
+            except DfsError as exc:
+                if exc.code != "ESTALE" or not self.new:
+                    raise
+                if self.exclusive:  # made elsewhere since our O_EXCL create
+                    raise DfsError("EEXIST", f"{path}: created elsewhere meanwhile") from None
+                args["expect_version"] = None  # O_CREAT without O_EXCL: ours wins
+                return meta.call("md.commit", {"args": args, "stored": stored}, mutate=True)
+        except DfsError as exc:
+            if exc.code != "ENOENT":
+                raise
+            log.info("commit %s: file is gone (%s); dropping its content", path, exc)
             self.modified = False
-            self.mtime_ns = None
-            deferred, self.deferred = self.deferred, {}
-            deferred.pop("atime", None)  # the commit set them
-            deferred.pop("mtime", None)
-            if was_new:
-                for k in ("mode", "uid", "gid"):  # the commit set these already
-                    if deferred.get(k) == attrs[k] & (0o7777 if k == "mode" else -1):
-                        deferred.pop(k)
-            if deferred:
-                try:
-                    attrs = meta.ns("setattr", True, path=path, **deferred)["attrs"]
-                except DfsError as exc:
-                    log.warning("setattr after commit of %s: %s", path, exc)
-            self.attrs = attrs
-            if was_new:
-                self.fs.materialized(self, old_ino)
+            return None
+
+    def _committed(self, path: str, attrs: dict[str, Any]) -> None:
+        """After a commit: the new version, then the attribute changes it did not carry."""
+        self.version = attrs["version"]
+        was_new, old_ino = self.new, self.ino
+        self.new = False
+        self.modified = False
+        self.mtime_ns = None
+        deferred, self.deferred = self.deferred, {}
+        deferred.pop("atime", None)  # the commit set them
+        deferred.pop("mtime", None)
+        if was_new:
+            for k in ("mode", "uid", "gid"):  # the commit set these already
+                if deferred.get(k) == attrs[k] & (0o7777 if k == "mode" else -1):
+                    deferred.pop(k)
+        if deferred:
+            try:
+                attrs = self.fs.client.meta.ns("setattr", True, path=path, **deferred)["attrs"]
+            except DfsError as exc:
+                log.warning("setattr after commit of %s: %s", path, exc)
+        self.attrs = attrs
+        if was_new:
+            self.fs.materialized(self, old_ino)
 
     def zero_range(self, off: int, length: int) -> None:
         """fallocate(PUNCH_HOLE / ZERO_RANGE) inside the file: write zeros."""

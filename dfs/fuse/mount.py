@@ -125,6 +125,7 @@ def mount_main(args: argparse.Namespace) -> int:
         "cache_mb": getattr(args, "cache_mb", 256),
         "attr_timeout": getattr(args, "attr_timeout", 1.0),
         "entry_timeout": getattr(args, "entry_timeout", 1.0),
+        "inline": not getattr(args, "no_inline", False),
     }
     if getattr(args, "foreground", False):
         _setup_logging(log_file, also_stderr=True)
@@ -216,6 +217,7 @@ def serve(
     cache_mb: int = 256,
     attr_timeout: float = 1.0,
     entry_timeout: float = 1.0,
+    inline: bool = True,
 ) -> int:
     """Run the mount in this process until it is unmounted."""
     from dfs.client import Client
@@ -225,16 +227,19 @@ def serve(
     set_metadata_deadline(deadline)
     _keep_freed_memory()
     client = Client(config, timeout=min(10.0, deadline), workers=8)
-    ops = DfsOperations(client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout)
+    ops = DfsOperations(
+        client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout, inline=inline
+    )
     pf = pid_file(mountpoint)
     pf.write_text(f"{os.getpid()}\n")
     log.info(
-        "mounting %s on %s (cache %d MiB, attr %.2fs, entry %.2fs)",
+        "mounting %s on %s (cache %d MiB, attr %.2fs, entry %.2fs, inline %s)",
         ",".join(config.metadata),
         mountpoint,
         cache_mb,
         attr_timeout,
         entry_timeout,
+        "on" if inline else "off",
     )
     _tune_later(mountpoint)
     try:

@@ -43,7 +43,7 @@ from dfs import client as client_mod
 from dfs.client import Client
 from dfs.errors import DfsError
 from dfs.fuse.cache import ChunkCache
-from dfs.fuse.filestate import FileState, Writeback
+from dfs.fuse.filestate import FileState, Writeback, content_extents
 
 log = logging.getLogger("dfs.fuse")
 
@@ -119,8 +119,13 @@ class DfsOperations(Operations):
         cache_bytes: int = 256 << 20,
         attr_timeout: float = 1.0,
         writeback_bytes: int = 256 << 20,
+        inline: bool = True,
     ) -> None:
         self.client = client
+        # small files' content goes in their metadata commit (dfs/inline.py); paused
+        # for a while when the cluster's inline budget is spent
+        self.inline = inline
+        self.inline_paused_until = 0.0
         self.cache = ChunkCache(client, cache_bytes)
         self.writeback = Writeback(client, self.cache, writeback_bytes)
         self.attr_timeout = attr_timeout
@@ -129,6 +134,10 @@ class DfsOperations(Operations):
         self._handles: dict[int, FileState] = {}
         self._fh = itertools.count(1)
         self._told: dict[int, tuple[int, int]] = {}  # ino -> (version, size) the kernel has
+        # path -> (version, size) the kernel was told for that very name: libfuse gives
+        # each name its own kernel inode, so a hard link written through another name
+        # leaves this one's cached size behind
+        self._told_path: dict[str, tuple[int, int]] = {}
         self._looked: dict[int, tuple[float, dict[str, Any]]] = {}  # file attrs just sent
         self._dirs: dict[str, tuple[float, dict[str, Any]]] = {}  # recent dir attrs
         self._fresh: dict[str, dict[str, Any]] = {}  # attrs a create/mkdir/link just returned
@@ -374,7 +383,15 @@ class DfsOperations(Operations):
             else:
                 a = self.ns("getattr", path=path)["attrs"]
                 self._remember_dir(path, a)
-        return self._stat(a)
+        out = self._stat(a)
+        if a["type"] == "file":
+            self._note_told(path, a["version"], out["st_size"])
+        return out
+
+    def _note_told(self, path: str, version: int, size: int) -> None:
+        self._told_path[path] = (version, size)
+        if len(self._told_path) > 100_000:
+            self._told_path.clear()
 
     def _full_attrs(self, st: FileState) -> dict[str, Any]:
         """An open file's attributes. open() does not fetch them (file_chunks has
@@ -593,7 +610,7 @@ class DfsOperations(Operations):
                     self,
                     ino,
                     path,
-                    info["extents"],
+                    content_extents(info),
                     info["size"],
                     info["version"],
                     info.get("rep", 3),
@@ -609,7 +626,7 @@ class DfsOperations(Operations):
             fh = next(self._fh)
             self._handles[fh] = st
         if not fresh:
-            st.refresh(info["extents"], info["size"], info["version"])
+            st.refresh(content_extents(info), info["size"], info["version"])
         return fh
 
     @_op
@@ -627,9 +644,11 @@ class DfsOperations(Operations):
         if info.get("locations"):
             self.cache.learn(info["locations"])
         ino = info["ino"]
+        now = (info["version"], info["size"])
         told = self._told.get(ino)
-        if told is not None and told != (info["version"], info["size"]):
-            self._invalidate(path)  # changed elsewhere since the kernel cached it
+        told_here = self._told_path.pop(path, None)
+        if (told is not None and told != now) or (told_here is not None and told_here != now):
+            self._invalidate(path)  # changed elsewhere (or via another name) since cached
         self._told.pop(ino, None)
         before = self._states.get(ino)
         fh = self._attach(info, path, None)
@@ -783,6 +802,8 @@ class DfsOperations(Operations):
                 if st.refs <= 0 and self._states.get(st.ino) is st and not st.modified:
                     del self._states[st.ino]
                     self._told[st.ino] = (st.version, st.size)
+                if path is not None:
+                    self._note_told(path, st.version, st.size)
         return 0
 
     @_op
