@@ -448,10 +448,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inline_wanted(args: argparse.Namespace) -> bool:
-    """Small files go inline unless --no-inline or DFS_INLINE=0 (or no/off/false)."""
-    if args.no_inline:
-        return False
-    return os.environ.get("DFS_INLINE", "1").strip().lower() not in ("0", "no", "off", "false")
+    """Small files go inline unless --no-inline or DFS_INLINE=0 (dfs.inline.wanted)."""
+    from dfs import inline
+
+    return inline.wanted(args.no_inline)
 
 
 def _cluster_arg(args: argparse.Namespace) -> Any:

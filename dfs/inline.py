@@ -16,6 +16,7 @@ file's size: the rest reads as zeros (a file truncated up after it was written).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
@@ -37,6 +38,14 @@ def _compressor() -> zstandard.ZstdCompressor:
     if c is None:
         c = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
     return c
+
+
+def wanted(no_inline: bool = False) -> bool:
+    """Whether a client writes small files inline: yes unless ``--no-inline`` or
+    DFS_INLINE=0 (or no/off/false) in the environment."""
+    if no_inline:
+        return False
+    return os.environ.get("DFS_INLINE", "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 def fits(size: int) -> bool:

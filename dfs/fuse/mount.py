@@ -25,6 +25,7 @@ from typing import Any
 
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 
+from dfs import inline
 from dfs.config import ClusterConfig, resolve
 from dfs.errors import DfsError
 from dfs.process import pid_alive
@@ -125,7 +126,7 @@ def mount_main(args: argparse.Namespace) -> int:
         "cache_mb": getattr(args, "cache_mb", 256),
         "attr_timeout": getattr(args, "attr_timeout", 1.0),
         "entry_timeout": getattr(args, "entry_timeout", 1.0),
-        "inline": not getattr(args, "no_inline", False),
+        "inline": inline.wanted(getattr(args, "no_inline", False)),
     }
     if getattr(args, "foreground", False):
         _setup_logging(log_file, also_stderr=True)
