@@ -17,7 +17,6 @@ import pytest
 from dfs import inline
 from dfs.bulk import BATCH_FILES, LocalTree, RemoteTree, get_tree, put_tree
 from dfs.client import Client, connect
-from dfs.config import resolve
 from dfs.errors import DfsError
 from tools.cluster import LocalCluster
 
@@ -40,6 +39,11 @@ def run(cluster: LocalCluster, *args: str, input: bytes | None = None, **env: st
         env={**os.environ, "DFS_CLUSTER": str(cluster.cluster_file), **env},
         timeout=120,
     )
+
+
+def admin(cluster: LocalCluster, *args: str) -> Any:
+    cmd = [sys.executable, "-m", "tools.admin", "--cluster", str(cluster.cluster_file), *args]
+    return subprocess.run(cmd, capture_output=True, timeout=60)
 
 
 def is_inline(c: Client, path: str) -> bool:
@@ -224,59 +228,56 @@ def test_inline_bytes_per_batch_call_stay_under_the_header_limit(
     assert all((back / rel).read_bytes() == data for rel, data in want.items())
 
 
-class BudgetSpent(Client):
-    """A client to whom the metadata service answers as when its inline budget
-    is spent: each inline commit gets ENOSPC, everything else goes to the real
-    cluster. (The budget is a constant of 1 GiB: filling it for real would take a
-    gigabyte of RAM on every metadata node.)"""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.refused = 0
-        real = self.meta.call
-
-        def call(op: str, fields: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-            args = (fields or {}).get("args") or {}
-            if op == "md.commit" and args.get("inline") is not None:
-                self.refused += 1
-                raise DfsError("ENOSPC", "inline content budget is spent")
-            if op == "md.batch":
-                ops = args["ops"]
-                keep = [o for o in ops if o["args"].get("inline") is None]
-                r = real(op, {**fields, "args": {"ops": keep}}, **kw) if keep else {"results": []}
-                done = iter(r["results"])
-                spent = {"ok": False, "code": "ENOSPC", "msg": "inline content budget is spent"}
-                self.refused += len(ops) - len(keep)
-                return {
-                    "ok": True,
-                    "results": [
-                        next(done) if o["args"].get("inline") is None else spent for o in ops
-                    ],
-                }
-            return real(op, fields, **kw)
-
-        self.meta.call = call  # type: ignore[method-assign]
+def set_budget(c: Client, budget: int) -> int:
+    """The cluster's inline budget, through the log (the set_limits admin action)."""
+    args = {"inline_budget": budget}
+    return c.meta.call("md.admin", {"action": "set_limits", "args": args})["inline_budget"]
 
 
 def test_budget_spent_falls_back_to_chunks(cluster: LocalCluster, tmp_path: Path) -> None:
-    with BudgetSpent(resolve(str(cluster.cluster_file)), inline=True) as c:
+    with connect(str(cluster.cluster_file), inline=True) as c:
         c.mkdir("/spent")
-        c.write_bytes("/spent/one", b"x" * 100)
-        assert c.refused == 1 and c.stats.inline_fallbacks == 1
-        assert not is_inline(c, "/spent/one") and c.read_bytes("/spent/one") == b"x" * 100
-        c.write_bytes("/spent/two", b"y")  # no second refusal: chunks for a while
-        assert c.refused == 1 and not is_inline(c, "/spent/two")
-        c._inline_off_until = 0.0  # the while is over: put -r tries inline again
-        src = tmp_path / "src"
-        src.mkdir()
-        want = {f"f{i}": os.urandom(i * 50) for i in range(40)}
-        for rel, data in want.items():
-            (src / rel).write_bytes(data)
-        assert put_tree(c, LocalTree.scan(src), "/spent/tree") == []
-        assert c.refused == 1 + 39 and c.stats.inline_fallbacks == 2  # f0 is empty
-        for rel, data in want.items():
-            assert c.read_bytes(f"/spent/tree/{rel}") == data
-        assert not any(is_inline(c, f"/spent/tree/f{i}") for i in range(1, 40, 7))
+        fs = c.statfs()
+        used = fs["inline_bytes"]
+        try:
+            assert set_budget(c, used) == used  # nothing more fits
+            c.write_bytes("/spent/one", b"x" * 100)
+            assert c.stats.inline_fallbacks == 1 and c.stats.inline_files == 0
+            assert not is_inline(c, "/spent/one") and c.read_bytes("/spent/one") == b"x" * 100
+            # room for a few files: put -r's batch gets ENOSPC for the rest, which
+            # go to the chunkservers in the same batch
+            set_budget(c, used + 3000)
+            c._inline_off_until = 0.0  # as when INLINE_RETRY is over
+            src = tmp_path / "src"
+            src.mkdir()
+            want = {f"f{i:02d}": os.urandom(i * 50) for i in range(40)}
+            for rel, data in want.items():
+                (src / rel).write_bytes(data)
+            sent = c.stats.chunks_sent
+            assert put_tree(c, LocalTree.scan(src), "/spent/tree") == []
+            for rel, data in want.items():
+                assert c.read_bytes(f"/spent/tree/{rel}") == data
+            inl = [r for r in want if want[r] and is_inline(c, f"/spent/tree/{r}")]
+            assert 0 < len(inl) == c.stats.inline_files < 39
+            assert c.stats.inline_fallbacks == 2
+            assert c.stats.chunks_sent - sent == 39 - len(inl)  # f00 is empty
+            assert c.statfs()["inline_bytes"] <= used + 3000
+            # the next small file goes to chunks without asking (INLINE_RETRY)
+            c.write_bytes("/spent/two", b"y")
+            assert not is_inline(c, "/spent/two") and c.stats.inline_fallbacks == 2
+            # dfs-admin limits shows and sets the budget
+            r = admin(cluster, "limits", "--inline-budget", "2M", "--json")
+            assert r.returncode == 0, r.stderr
+            lim = json.loads(r.stdout)
+            assert lim["inline_budget"] == 2 << 20 and lim["inline_bytes"] <= used + 3000
+            r = admin(cluster, "limits")
+            assert r.returncode == 0 and b"inline budget 2.0 MiB" in r.stdout
+            for bad in ("-5", "lots", "1X"):
+                r = admin(cluster, "limits", "--inline-budget", bad)
+                assert r.returncode == 2 and b"not a size" in r.stderr
+            assert c.statfs()["inline_budget"] == 2 << 20
+        finally:
+            set_budget(c, fs["inline_budget"])
 
 
 def test_du_stat_and_status_show_inline(cluster: LocalCluster, ic: Client) -> None:
@@ -300,16 +301,15 @@ def test_du_stat_and_status_show_inline(cluster: LocalCluster, ic: Client) -> No
     assert st["inline"] is False and st["chunks"] == 1
     r = run(cluster, "stat", "/du/a")
     assert b"inline: True" in r.stdout
-    admin = [sys.executable, "-m", "tools.admin", "--cluster", str(cluster.cluster_file)]
-    r = subprocess.run([*admin, "status", "--json"], capture_output=True, timeout=60)
+    r = admin(cluster, "status", "--json")
     cl = json.loads(r.stdout)["cluster"]
     fs = ic.statfs()
     assert cl["inline_files"] == fs["inline_files"] >= 2
     assert cl["inline_bytes"] == fs["inline_bytes"] >= sum(blobs)
-    r = subprocess.run([*admin, "status"], capture_output=True, timeout=60)
+    r = admin(cluster, "status")
     assert r.returncode == 0 and b"inline files" in r.stdout
     # fsck: an inline file has no chunks to miss
-    r = subprocess.run([*admin, "fsck", "/du", "--json"], capture_output=True, timeout=60)
+    r = admin(cluster, "fsck", "/du", "--json")
     fsck = json.loads(r.stdout)
     assert r.returncode == 0 and fsck["files"] == 3 and fsck["chunks"] == 1
 

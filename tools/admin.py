@@ -134,7 +134,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     # small files kept inline in the namespace (no chunks): beside the chunk figures
     ns_stat = st.get("namespace") or {}
     cl = st.setdefault("cluster", {})
-    for k in ("inline_files", "inline_bytes"):
+    for k in ("inline_files", "inline_bytes", "inline_budget"):
         cl.setdefault(k, ns_stat.get(k, 0))
     lead_commit = st.get("node", {}).get("commit", 0)
     for n in st["metadata_nodes"]:
@@ -197,7 +197,10 @@ def _print_status(st: dict[str, Any]) -> None:
         ("files", str(cl.get("files", 0))),
         ("logical bytes", _human(cl.get("logical_bytes", 0))),
         ("inline files (no chunks)", str(cl.get("inline_files", 0))),
-        ("inline bytes (in metadata)", _human(cl.get("inline_bytes", 0))),
+        (
+            "inline bytes (in metadata)",
+            f"{_human(cl.get('inline_bytes', 0))} of {_human(cl.get('inline_budget', 0))}",
+        ),
         ("unique chunk bytes", _human(cl.get("unique_bytes", 0))),
         ("stored bytes (all copies)", _human(cl.get("stored_bytes", 0))),
         ("dedup ratio", f"{cl.get('dedup_ratio', 1.0):.2f}x"),
@@ -469,6 +472,45 @@ def _scrub(server: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- setrep, raft
 
 
+# ---------------------------------------------------------------- limits
+
+
+def cmd_limits(a: argparse.Namespace) -> int:
+    """Show (and with --inline-budget change) the cluster-wide limits: the bytes of
+    small files' content the metadata service keeps inline (in every node's RAM)."""
+    c = _connect(a)
+    try:
+        if a.inline_budget is not None:
+            _admin(c, "set_limits", inline_budget=a.inline_budget)
+        fs = c.statfs()
+    finally:
+        c.close()
+    out = {k: fs.get(k, 0) for k in ("inline_budget", "inline_bytes", "inline_files")}
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"inline budget {_human(out['inline_budget'])}: {_human(out['inline_bytes'])} used"
+            f" by {out['inline_files']} files (past it, small files are stored as chunks)"
+        )
+    return EXIT_OK
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 512K, 64M, 1G (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (e.g. 1073741824, 512M, 1G)"
+        ) from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (negative)")
+    return n
+
+
 def cmd_setrep(a: argparse.Namespace) -> int:
     if not 1 <= a.rep <= 16:
         print("dfs-admin: rep must be between 1 and 16", file=sys.stderr)
@@ -630,6 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-wait", action="store_true", help="start it and return")
     sc.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
     sc.set_defaults(fn=cmd_scrub)
+
+    li = sub.add_parser("limits", help="cluster-wide limits: the inline budget of small files")
+    li.add_argument(
+        "--inline-budget",
+        type=_size,
+        metavar="SIZE",
+        help="bytes of small files' content kept in the metadata service (e.g. 512M; 0: none)",
+    )
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(fn=cmd_limits)
 
     sr = sub.add_parser("setrep", help="set the replication factor of a file or directory")
     sr.add_argument("rep", type=int)
