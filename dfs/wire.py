@@ -31,6 +31,8 @@ MAX_HEADER_BYTES = 4 << 20  # a header bigger than this is refused unread
 MAX_CHUNK_BYTES = 64 << 20  # largest chunk a server accepts in one frame
 MAX_FRAMES = 4  # data frames per message
 MAX_IDS = 100_000  # chunk ids in one has/delete/exists request
+MAX_MULTI = 64  # requests in one multi message
+MAX_MULTI_PART = 64 << 10  # a request header bigger than this travels alone
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ENDPOINT = re.compile(r"(tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}|ipc://[\w./\-]+|inproc://[\w.\-]+)\Z")
@@ -109,6 +111,16 @@ def _check_bytes(v: Any) -> bytes:
     return v
 
 
+def _check_multi_parts(v: Any) -> list[bytes]:
+    """A multi message's requests: each the header frame it would have been alone."""
+    if type(v) is not list or not 1 <= len(v) <= MAX_MULTI:
+        raise ValueError(f"expected a list of 1 to {MAX_MULTI} requests")
+    for part in v:
+        if type(part) is not bytes or len(part) > MAX_MULTI_PART:
+            raise ValueError(f"each request is a header of at most {MAX_MULTI_PART} bytes")
+    return v
+
+
 def _check_locations(v: Any) -> dict[str, list[str]]:
     """chunk id -> endpoints that acknowledged storing it."""
     if type(v) is not dict or len(v) > MAX_IDS:
@@ -152,6 +164,9 @@ class Op:
     frames: int = 0  # data frames the request carries
     doc: str = ""
     oneway: bool = False  # no reply is sent (Raft messages: the protocol has its own acks)
+    # "read" or "write": concurrent requests of one client process in the same
+    # lane may travel together in one multi message (ops without data frames)
+    lane: str = ""
 
     @cached_property
     def required(self) -> tuple[str, ...]:
@@ -162,6 +177,13 @@ class Op:
 
 _CHUNKSERVER_OPS = [
     Op("ping", {}, doc="liveness and identity"),
+    Op(
+        "multi",
+        {"reqs": req(_check_multi_parts)},
+        doc="several requests of one client process in one message (any server): each"
+        " part is the header frame of a request of an op with a lane; the reply's 'r'"
+        " holds each one's reply header frame, in any order (matched by request id)",
+    ),
     Op(
         "cs.put",
         {"id": req(CHUNK_ID), "forward": opt(ENDPOINTS)},
@@ -252,10 +274,14 @@ _METADATA_OPS = [
             f"md.{name}",
             _COMMIT_FIELDS if name in ("commit", "batch") else _MD_FIELDS,
             doc=f"namespace mutation {name}",
+            lane="write",
         )
         for name in NAMESPACE_MUTATIONS
     ),
-    *(Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}") for name in NAMESPACE_QUERIES),
+    *(
+        Op(f"md.{name}", _MD_FIELDS, doc=f"namespace query {name}", lane="read")
+        for name in NAMESPACE_QUERIES
+    ),
     Op(
         "md.locate",
         {"ids": req(CHUNK_IDS), "dedup": opt(BOOL)},
@@ -442,6 +468,27 @@ def decode_request(frames: Sequence[Frame]) -> Request:
         exc.details["request_id"] = req_id
         raise
     return Request(req_id, op_name, fields, data)
+
+
+def decode_multi_part(part: bytes) -> Request:
+    """One request of a multi message: validated as if it had come alone, and only
+    of an op that may travel in one (never a multi inside a multi)."""
+    request = decode_request([part])
+    if not OPS[request.op].lane:
+        raise DfsError(
+            errors.BAD_MESSAGE,
+            f"{request.op} cannot travel in a multi message",
+            request_id=request.id,
+        )
+    return request
+
+
+def decode_multi_reply(reply: Reply) -> list[Reply]:
+    """The replies a multi message's reply carries (each as if it had come alone)."""
+    parts = reply.fields.get("r")
+    if type(parts) is not list or not all(type(p) is bytes for p in parts):
+        raise DfsError(errors.BAD_MESSAGE, "a multi reply carries a list of replies")
+    return [decode_reply([p]) for p in parts]
 
 
 def encode_reply(
