@@ -6,10 +6,17 @@ and their replies come back to the loop through an inproc socket. A handler
 may also answer later (a Raft commit, a forwarded put) by returning
 ``DEFERRED`` and calling ``call.respond`` / ``call.fail`` from any thread.
 ``call_soon`` runs a function on the loop from any thread; ``after_poll``
-hooks run once per loop iteration (the Raft driver lives there).
+hooks run once per loop iteration (the Raft driver lives there). A ``multi``
+message is served request by request, through the same routes, and answered
+with one message once every request in it has its answer.
 
 Client: ``call`` (blocking) uses a socket of the calling thread's own, so a
-request costs no hand-off between threads; ``call_async`` hands requests to
+request costs no hand-off between threads. Blocking calls of an op with a
+lane (the metadata namespace's) combine: while one message of the lane is in
+flight to an endpoint, other threads' requests queue, and the first of them
+then sends them all in one ``multi`` message (one send, one receive, one
+reply for many requests: what a busy multi-threaded client, such as the
+mount, saves); a caller alone sends at once. ``call_async`` hands requests to
 one I/O thread that owns a DEALER per endpoint, so many requests are in
 flight on one connection, each with a Future. Chunk data goes out with
 zero-copy sends. ``Sender`` sends one-way messages (Raft) from a loop.
@@ -745,7 +752,15 @@ class RpcClient:
         """Wait until this caller's reply is in (None) or it is to send: then it takes
         everything queued by now (the later it runs, the more travel together)."""
         assert entry.wake is not None
-        entry.wake.acquire(timeout=max(0.0, entry.deadline - time.monotonic()))
+        try:
+            entry.wake.acquire(timeout=max(0.0, entry.deadline - time.monotonic()))
+        except BaseException:  # interrupted: leave the queue, or pass the turn on
+            with lane.lock:
+                if entry in lane.queue:
+                    lane.queue.remove(entry)
+            if entry.sender:
+                RpcClient._hand_on(lane)
+            raise
         with lane.lock:
             if entry.sender:  # our turn to send, even if our own time is up
                 batch = [entry, *lane.queue[: wire.MAX_MULTI - 1]]
@@ -770,13 +785,18 @@ class RpcClient:
         finally:
             for e in batch[1:]:
                 e.wake_up()
-            with lane.lock:
-                if lane.queue:
-                    nxt = lane.queue.pop(0)
-                    nxt.sender = True
-                    nxt.wake_up()
-                else:
-                    lane.busy = False
+            self._hand_on(lane)
+
+    @staticmethod
+    def _hand_on(lane: _Lane) -> None:
+        """The lane to the first caller queued (it sends what is queued), else idle."""
+        with lane.lock:
+            if lane.queue:
+                nxt = lane.queue.pop(0)
+                nxt.sender = True
+                nxt.wake_up()
+            else:
+                lane.busy = False
 
     def _send_batch(self, endpoint: str, batch: list[_Entry]) -> None:
         self.lane_messages += 1  # only the lane's one sender counts: no lock needed
