@@ -99,11 +99,15 @@ def test_no_inline_option_and_env(cluster: LocalCluster, ic: Client) -> None:
     assert run(cluster, "get", "--no-inline", "/noinl/a", "-").returncode == 2  # put only
 
 
-def test_truncated_up_inline_file_reads_content_then_zeros(ic: Client, tmp_path: Path) -> None:
+def test_truncated_up_inline_file_reads_content_then_zeros(
+    cluster: LocalCluster, ic: Client, tmp_path: Path
+) -> None:
     ic.write_bytes("/trunc", b"hello")
     ic.meta.ns("setattr", True, path="/trunc", size=5 << 20)
     assert is_inline(ic, "/trunc")
     assert ic.read_bytes("/trunc") == b"hello" + bytes((5 << 20) - 5)
+    r = run(cluster, "cat", "/trunc")
+    assert r.returncode == 0 and r.stdout == b"hello" + bytes((5 << 20) - 5)
 
     class Sink(io.RawIOBase):
         """Counts what it is given; remembers the biggest single write."""
@@ -195,13 +199,20 @@ def test_put_and_get_tree_mixing_inline_and_chunks(ic: Client, tmp_path: Path) -
     assert len(chunked) <= ic.stats.chunks_sent - sent <= len(chunked) + 8  # + big.bin's
     for rel in small[:20] + chunked[:5]:
         assert is_inline(ic, f"/mix/{rel}") == (rel in small)
+    # inline files truncated up: one still small (batched), one past the batch size
+    for rel, size in (("d1/f1", 100 << 10), ("d3/f3", 5 << 20)):
+        ic.meta.ns("setattr", True, path=f"/mix/{rel}", size=size)
+        want[rel] = want[rel] + bytes(size - len(want[rel]))
+        assert is_inline(ic, f"/mix/{rel}")
     back = tmp_path / "back"
     assert get_tree(ic, RemoteTree.scan(ic, "/mix"), back) == []
     for rel, data in want.items():
         assert (back / rel).read_bytes() == data, rel
+    assert os.stat(back / "d3/f3").st_blocks * 512 < 1 << 20  # a hole, not 5 MiB of zeros
     # a re-put replaces inline files with inline files, chunked with chunked
     assert put_tree(ic, LocalTree.scan(src), "/mix") == []
-    assert all(ic.read_bytes(f"/mix/{r}") == want[r] for r in small[:10] + chunked[:3])
+    for r in small[:10] + chunked[:3] + ["d1/f1", "d3/f3"]:
+        assert ic.read_bytes(f"/mix/{r}") == (src / r).read_bytes(), r
 
 
 def test_inline_bytes_per_batch_call_stay_under_the_header_limit(
