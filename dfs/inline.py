@@ -75,19 +75,40 @@ def decode(blob: bytes) -> bytes:
             raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
         return blob[1:]
     if codec == ZSTD:
-        try:
-            # a frame may claim any size: refuse before anything is allocated for it
-            claimed = zstandard.frame_content_size(blob[1:])
-            if claimed > INLINE_MAX:
-                raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
-            # a fresh decompressor per call: they are not safe to share across threads
-            out = zstandard.ZstdDecompressor().decompress(blob[1:], max_output_size=INLINE_MAX)
-        except zstandard.ZstdError as e:
-            raise DfsError("EINVAL", f"inline content: bad zstd data ({e})") from None
-        if len(out) > INLINE_MAX:
-            raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
-        return out
+        return _unzstd(blob[1:])
     raise DfsError("EINVAL", f"inline content: unknown codec {codec}")
+
+
+def _unzstd(frame: bytes) -> bytes:
+    """Exactly one whole zstd frame that states its size, at most INLINE_MAX: no
+    trailing bytes, which another decoder might read as more content."""
+    try:
+        # a frame may claim any size: refuse before anything is allocated for it
+        claimed = zstandard.frame_content_size(frame)
+        if claimed < 0:
+            raise DfsError("EINVAL", "inline content: zstd frame without its content size")
+        if claimed > INLINE_MAX:
+            raise DfsError("EFBIG", f"inline content over {INLINE_MAX} bytes")
+        d = zstandard.ZstdDecompressor().decompressobj()  # not safe to share across threads
+        out = d.decompress(frame)
+    except zstandard.ZstdError as e:
+        raise DfsError("EINVAL", f"inline content: bad zstd data ({e})") from None
+    if not d.eof or d.unused_data or len(out) != claimed:
+        raise DfsError("EINVAL", "inline content: not exactly one whole zstd frame")
+    return out
+
+
+def charge(blob: bytes) -> int:
+    """What a stored blob may cost at most, for the namespace's inline budget: its
+    content's length plus one, since a truncate rewrites a prefix of it raw."""
+    if blob[0] == RAW:
+        return len(blob)
+    return max(len(blob), zstandard.frame_content_size(blob[1:]) + 1)
+
+
+def head(blob: bytes, size: int) -> bytes:
+    """The stored bytes of a file of ``size`` (zeros follow them up to size)."""
+    return decode(blob)[:size]
 
 
 def content(blob: bytes, size: int) -> bytes:
@@ -99,7 +120,7 @@ def content(blob: bytes, size: int) -> bytes:
 def iter_content(blob: bytes, size: int, step: int = 1 << 20) -> Iterator[bytes]:
     """The file in pieces: a file truncated up to terabytes is mostly zeros, and
     they are produced a step at a time, never all at once."""
-    data = decode(blob)[:size]
+    data = head(blob, size)
     if data:
         yield data
     left = size - len(data)

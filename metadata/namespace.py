@@ -419,7 +419,7 @@ class Namespace:
         self.n_specials = 0
         self.logical_bytes = 0  # sum of regular file sizes (per inode)
         self.inline_files = 0  # regular files whose content is inline
-        self.inline_bytes = 0  # their blobs' bytes (see INLINE_BUDGET)
+        self.inline_bytes = 0  # their content's bytes, as charged (see inline.charge)
         self.inline_budget = INLINE_BUDGET
 
     # == entry points ==============================================================
@@ -597,7 +597,7 @@ class Namespace:
         """Keep inline_files / inline_bytes in step as inline content comes and goes."""
         if type(data) is Inline:
             self.inline_files += sign
-            self.inline_bytes += sign * len(data)
+            self.inline_bytes += sign * inline_codec.charge(data)
 
     def _new_inode(
         self, d: Dir, name: str, mode: int, uid: int, gid: int, ts: int, data: Any, size: int = 0
@@ -945,16 +945,13 @@ class Namespace:
         perm = self._perm(a["mode"], S_IFREG, "commit")
         d, name = self._parent(path)
         node = d.entries.get(name) if name else d
-        if blob is not None:
-            held = len(node.data) if node is not None and type(node.data) is Inline else 0
-            if self.inline_bytes - held + len(blob) > self.inline_budget:
-                raise DfsError("ENOSPC", f"inline budget ({self.inline_budget} B) is spent")
         ev = a["expect_version"]
         if node is None:
             if ev is not None and ev != 0:
                 raise DfsError("ESTALE", f"{path}: expected version {ev}, file does not exist")
             if not a["create"]:
                 raise DfsError("ENOENT", f"{path}: no such file")
+            self._check_budget(blob, None)
             data = blob if blob is not None else pack_extents(exts, size)
             node = self._new_inode(d, name, S_IFREG | perm, a["uid"], a["gid"], ts, data, size)
             self._commit_times(node, a, ts)
@@ -966,12 +963,23 @@ class Namespace:
         if ev is not None and ev != node.version:
             raise DfsError("ESTALE", f"{path}: version is {node.version}, expected {ev}")
         if blob is not None:
+            self._check_budget(blob, node)
             self._set_data(node, blob, size, ts)
         else:
             self._set_content(node, exts, size, ts)
         node.touch(ts)
         self._commit_times(node, a, ts)
         return {"ok": True, "attrs": self.attrs(node), "created": False}
+
+    def _check_budget(self, blob: Inline | None, replaces: Inode | None) -> None:
+        """ENOSPC when storing ``blob`` (in place of ``replaces``' content) would go
+        past the inline budget."""
+        if blob is None:
+            return
+        old = replaces.data if replaces is not None else None
+        held = inline_codec.charge(old) if type(old) is Inline else 0
+        if self.inline_bytes - held + inline_codec.charge(blob) > self.inline_budget:
+            raise DfsError("ENOSPC", f"inline budget ({self.inline_budget} B) is spent")
 
     @staticmethod
     def _commit_times(node: Inode, a: dict, ts: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import zstandard
 
+from dfs import inline as inline_codec
 from metadata.inodes import (
     M_MODE,
     M_REP,
@@ -34,7 +35,7 @@ from metadata.inodes import (
 from metadata.sessions import Sessions
 
 FORMAT = "dfs-namespace"
-VERSION = 2
+VERSION = 3  # 3: inline files (n_ext -1, "inline"); 2 still loads
 ZSTD_LEVEL = 3
 
 K_DIR, K_INODE, K_LINK = 0, 1, 2  # entry kinds: directory, other inode, extra hard link
@@ -235,7 +236,7 @@ def _load(cls: Any, data: bytes) -> Any:
         st = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except (zstandard.ZstdError, ValueError) as e:
         raise ValueError(f"corrupt namespace snapshot: {e}") from e
-    if type(st) is not dict or st.get("format") != FORMAT or st.get("version") != VERSION:
+    if type(st) is not dict or st.get("format") != FORMAT or st.get("version") not in (2, VERSION):
         raise ValueError("not a dfs namespace snapshot (or an unknown version)")
     ns = cls(session_timeout_ns=st["session_timeout"])
     ns.next_ino = st["next_ino"]
@@ -293,7 +294,7 @@ def _load(cls: Any, data: bytes) -> Any:
                         data = Inline(next(inline))
                         ne = 0
                         n_inline += 1
-                        inline_bytes += len(data)
+                        inline_bytes += inline_codec.charge(data)
                     elif ne == 0:
                         data = None
                     elif ne == 1 and ext_lens[e] == size and ext_lens[e] > 0:

@@ -42,6 +42,15 @@ def test_codec_round_trips_and_compresses_text() -> None:
         (b"\x01not zstd at all", "EINVAL"),
         # a bomb: a small frame that claims (and holds) 10 MiB
         (b"\x01" + zstandard.ZstdCompressor().compress(bytes(10 << 20)), "EFBIG"),
+        # more than one whole frame: trailing bytes, a second frame, a cut-off frame
+        (b"\x01" + zstandard.ZstdCompressor().compress(b"a" * 300) + b"GARBAGE", "EINVAL"),
+        (b"\x01" + zstandard.ZstdCompressor().compress(b"a" * 300) * 2, "EINVAL"),
+        (b"\x01" + zstandard.ZstdCompressor().compress(b"a" * 300)[:-3], "EINVAL"),
+        # a frame that does not say its size
+        (
+            b"\x01" + zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 300),
+            "EINVAL",
+        ),
     ],
 )
 def test_codec_refuses_bad_blobs(blob: bytes, code: str) -> None:
@@ -110,6 +119,27 @@ def test_inline_budget_spent_gives_enospc() -> None:
     assert apply(ns, "commit", path="/a", extents=[], inline=b"\x00" + bytes(90))["ok"]
     assert apply(ns, "unlink", path="/a")["ok"]
     assert apply(ns, "commit", path="/b", extents=[], inline=b"\x00" + bytes(60))["ok"]
+    # inline onto a directory is EISDIR, whatever the budget
+    assert apply(ns, "mkdir", path="/d")["ok"]
+    r = apply(ns, "commit", path="/d", extents=[], inline=b"\x00" + bytes(90))
+    assert r["code"] == "EISDIR"
+
+
+def test_truncate_cannot_get_round_the_budget() -> None:
+    """A truncate rewrites a prefix raw: compressed content is charged at its
+    content length, so no truncate can take the stored bytes past the budget."""
+    ns = Namespace()
+    zeros = inline.encode(bytes(inline.INLINE_MAX))
+    assert len(zeros) < 100 and inline.charge(zeros) == inline.INLINE_MAX + 1
+    apply(ns, "set_limits", inline_budget=3 * (inline.INLINE_MAX + 1))
+    n = 0
+    while apply(ns, "commit", path=f"/z{n}", extents=[], inline=zeros)["ok"]:
+        n += 1
+    assert n == 3
+    for i in range(n):
+        assert apply(ns, "setattr", path=f"/z{i}", size=inline.INLINE_MAX - 1)["ok"]
+    stored = sum(len(ns._lookup(f"/z{i}").data) for i in range(n))
+    assert stored <= ns.inline_bytes <= ns.inline_budget
 
 
 def test_files_chunks_reply_stays_under_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:

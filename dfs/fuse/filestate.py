@@ -58,8 +58,9 @@ class Pending:
         self.error: BaseException | None = None
 
 
-Ref = Any  # None (hole) | str (chunk id) | Pending | bytes (inline content)
-INLINE_RETRY = 60.0  # seconds before trying inline again after the budget was spent
+# None (hole) | str (chunk id) | Pending | bytes: an inline file's content, the
+# mount's plain copy of what the namespace holds as a metadata.inodes.Inline blob
+Ref = Any
 
 
 def content_extents(info: dict[str, Any]) -> list[list[Any]]:
@@ -69,7 +70,7 @@ def content_extents(info: dict[str, Any]) -> list[list[Any]]:
     if blob is None:
         return info["extents"]
     size = info["size"]
-    data = inline.decode(blob)[:size]
+    data = inline.head(blob, size)
     out: list[list[Any]] = [[data, len(data)]] if data else []
     if size > len(data):
         out.append([None, size - len(data)])
@@ -527,12 +528,7 @@ class FileState:
 
     def _inline_ok(self) -> bool:
         """Whether this file's next commit may carry its content inline."""
-        fs = self.fs
-        return (
-            self.size <= inline.INLINE_MAX
-            and fs.inline
-            and time.monotonic() >= fs.inline_paused_until
-        )
+        return inline.fits(self.size) and self.fs.client.inline_ok()
 
     def _whole(self) -> bytes:
         """The file's whole content (small: an inline commit's body)."""
@@ -553,11 +549,11 @@ class FileState:
         self._seal(final=True)
         if self.size > self.base:
             self._set_extents([*self.ext, [None, self.size - self.base]])
-        small = [(i, ref, n) for i, (ref, n) in enumerate(self.ext) if type(ref) is bytes]
-        if small:  # inline content, and the file outgrew it: it becomes a chunk
-            for i, ref, n in small:
+        was_inline = [(i, ref, n) for i, (ref, n) in enumerate(self.ext) if type(ref) is bytes]
+        if was_inline:  # inline content, and the file outgrew it: it becomes a chunk
+            for i, ref, n in was_inline:
                 self.ext[i][0] = Pending(memoryview(ref)[:n])
-            self.fs.writeback.submit([self.ext[i][0] for i, _r, _n in small], self.rep)
+            self.fs.writeback.submit([self.ext[i][0] for i, _r, _n in was_inline], self.rep)
         for attempt in range(2):
             failed = []
             for ref, _n in self.ext:
@@ -606,7 +602,7 @@ class FileState:
                 if exc.code != "ENOSPC" or body is None:
                     raise
                 log.warning("inline content budget spent: storing chunks for a while")
-                self.fs.inline_paused_until = time.monotonic() + INLINE_RETRY
+                self.fs.client.inline_spent()
                 self.commit(path)
                 return
             if r is None:

@@ -227,10 +227,8 @@ def serve(
     deadline = float(os.environ.get("DFS_FUSE_TIMEOUT") or META_DEADLINE)
     set_metadata_deadline(deadline)
     _keep_freed_memory()
-    client = Client(config, timeout=min(10.0, deadline), workers=8)
-    ops = DfsOperations(
-        client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout, inline=inline
-    )
+    client = Client(config, timeout=min(10.0, deadline), workers=8, inline=inline)
+    ops = DfsOperations(client, cache_bytes=cache_mb << 20, attr_timeout=attr_timeout)
     pf = pid_file(mountpoint)
     pf.write_text(f"{os.getpid()}\n")
     log.info(

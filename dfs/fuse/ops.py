@@ -119,13 +119,8 @@ class DfsOperations(Operations):
         cache_bytes: int = 256 << 20,
         attr_timeout: float = 1.0,
         writeback_bytes: int = 256 << 20,
-        inline: bool = True,
     ) -> None:
-        self.client = client
-        # small files' content goes in their metadata commit (dfs/inline.py); paused
-        # for a while when the cluster's inline budget is spent
-        self.inline = inline
-        self.inline_paused_until = 0.0
+        self.client = client  # its inline_ok(): small files commit their content inline
         self.cache = ChunkCache(client, cache_bytes)
         self.writeback = Writeback(client, self.cache, writeback_bytes)
         self.attr_timeout = attr_timeout
