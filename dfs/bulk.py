@@ -226,6 +226,13 @@ def batches(
         yield batch
 
 
+def inline_first(items: Iterable[T], size: Callable[[T], int]) -> list[T]:
+    """Files that may be inline first, then the others (each in their order): a
+    batch of inline files then costs one metadata call and nothing on the
+    chunkservers, instead of every batch paying their round trips for a few."""
+    return sorted(items, key=lambda f: not inline.fits(size(f)))  # stable
+
+
 class BulkUploader:
     """Puts many small files, batch by batch, several batches in flight."""
 
@@ -239,6 +246,8 @@ class BulkUploader:
     def upload(self, files: Iterable[tuple[Path, str, int]]) -> list[Failure]:
         """Upload (local, remote, size) files; returns those that failed."""
         failures: list[Failure] = []
+        if self.client.inline_ok():
+            files = inline_first(files, lambda f: f[2])
         with ThreadPoolExecutor(BATCHES_IN_FLIGHT, thread_name_prefix="dfs-bulk") as pool:
             for got in pool.map(self._one_batch, batches(files, lambda f: f[2])):
                 failures.extend(got)
@@ -462,6 +471,7 @@ def get_tree(
         except OSError as exc:
             failures.append(Failure(path, exc.strerror or str(exc)))
     small = [(p, a) for p, a in tree.files if a["size"] <= client.chunking.min_size]
+    small = inline_first(small, lambda f: f[1]["size"])
     big = [(p, a) for p, a in tree.files if a["size"] > client.chunking.min_size]
     fetcher = BulkDownloader(client, tree, dest, progress)
     groups = [small[i : i + BATCH_FILES] for i in range(0, len(small), BATCH_FILES)]
