@@ -294,13 +294,18 @@ class BulkUploader:
         ``failures``; returns the files refused inline (ENOSPC)."""
         chunked = [f for f in files if f.chunks]
         stored = self._store(chunked, self._rep_for(chunked)) if chunked else {}
-        refused = []
-        for call in batches(files, lambda f: len(f.blob or b""), len(files), INLINE_CALL_BYTES):
+        refused: list[_File] = []
+        calls = list(batches(files, lambda f: len(f.blob or b""), len(files), INLINE_CALL_BYTES))
+        for k, call in enumerate(calls):
             ops = [self._commit_op(f) for f in call]
             mine = {cid: stored[cid] for f in call for cid, _ in f.chunks if cid in stored}
-            r = self.client.meta.call(
-                "md.batch", {"args": {"ops": ops}, "stored": mine}, mutate=True
-            )
+            try:
+                r = self.client.meta.call(
+                    "md.batch", {"args": {"ops": ops}, "stored": mine}, mutate=True
+                )
+            except DfsError as exc:  # the calls before it did commit their files
+                failures += [Failure(f.remote, exc.message) for c in calls[k:] for f in c]
+                return refused
             for f, res in zip(call, r["results"]):
                 if res["ok"]:
                     if f.blob is not None:
