@@ -209,6 +209,7 @@ def test_put_and_get_tree_mixing_inline_and_chunks(ic: Client, tmp_path: Path) -
     for rel, data in want.items():
         assert (back / rel).read_bytes() == data, rel
     assert os.stat(back / "d3/f3").st_blocks * 512 < 1 << 20  # a hole, not 5 MiB of zeros
+    assert not [p for p in back.rglob("*") if ".dfs-part" in p.name]  # no temp file left
     # a re-put replaces inline files with inline files, chunked with chunked
     assert put_tree(ic, LocalTree.scan(src), "/mix") == []
     for r in small[:10] + chunked[:3] + ["d1/f1", "d3/f3"]:
