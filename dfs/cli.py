@@ -26,6 +26,9 @@ from dfs.errors import DfsError, errno_for
 from dfs.inline import INLINE_MAX
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# stat says where a file's content lives (inline or chunks) up to this size: past
+# ~25 GiB a chunk list alone would not fit one reply (and such a file is chunks)
+STAT_STORAGE_MAX = 16 << 30
 NO_INLINE_HELP = (
     f"store small files (at most {INLINE_MAX // 1024} KiB) as chunks on the chunkservers,"
     " not inline in the metadata service (also: DFS_INLINE=0)"
@@ -210,10 +213,13 @@ def cmd_ls(c: Client, a: argparse.Namespace) -> int:
 def cmd_stat(c: Client, a: argparse.Namespace) -> int:
     try:
         attrs = c.stat(a.path)
-        if attrs["type"] == "file":
-            attrs.update(_storage(c.meta.ns("file_chunks", path=paths.normalize(a.path))))
     except DfsError as exc:
         raise fail("stat", a.path, exc) from None
+    if attrs["type"] == "file" and attrs["size"] <= STAT_STORAGE_MAX:
+        try:
+            attrs.update(_storage(c.meta.ns("file_chunks", path=paths.normalize(a.path))))
+        except DfsError:
+            pass  # the attributes stand on their own (the file may be gone meanwhile)
     if a.json:
         print(json.dumps(attrs, indent=2, default=_json_default))
     else:
