@@ -32,7 +32,8 @@ MAX_CHUNK_BYTES = 64 << 20  # largest chunk a server accepts in one frame
 MAX_FRAMES = 4  # data frames per message
 MAX_IDS = 100_000  # chunk ids in one has/delete/exists request
 MAX_MULTI = 64  # requests in one multi message
-MAX_MULTI_PART = 64 << 10  # a request header bigger than this travels alone
+# a request header bigger than this travels alone; a full multi stays under the header limit
+MAX_MULTI_PART = (MAX_HEADER_BYTES - (256 << 10)) // MAX_MULTI
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _ENDPOINT = re.compile(r"(tcp://[A-Za-z0-9.\-\[\]:]+:\d{1,5}|ipc://[\w./\-]+|inproc://[\w.\-]+)\Z")
@@ -442,7 +443,10 @@ def encode_request(
     if spec is None:
         raise DfsError(errors.UNKNOWN_OP, f"unknown operation {op!r}")
     clean = validate_fields(spec, fields or {})
-    return [_pack({"v": PROTOCOL_VERSION, "id": req_id, "op": op, "f": clean}), *frames]
+    header = _pack({"v": PROTOCOL_VERSION, "id": req_id, "op": op, "f": clean})
+    if len(header) > MAX_HEADER_BYTES:  # the server would refuse it unread: say so here
+        raise DfsError(errors.TOO_BIG, f"{op}: header of {len(header)} bytes is over the limit")
+    return [header, *frames]
 
 
 def decode_request(frames: Sequence[Frame]) -> Request:

@@ -167,3 +167,16 @@ def test_snapshot_keeps_inline_files_and_hard_links() -> None:
     fc = back.query("file_chunks", {"path": "/b"})
     assert inline.content(fc["inline"], fc["size"]) == b"A" * 5000 + bytes(4000)
     assert back.query("statfs")["chunks"] == 1
+
+
+def test_an_oversized_request_fails_at_once_in_the_client() -> None:
+    """A batch of inline blobs past the wire's header limit is refused before it is
+    sent (the server would drop it unread, and the caller would wait for nothing)."""
+    from dfs import wire
+
+    blob = b"\x00" + bytes(inline.INLINE_MAX)
+    ops = [{"op": "commit", "args": {"path": "/f", "extents": [], "inline": blob}}]
+    with pytest.raises(DfsError) as e:
+        wire.encode_request(1, "md.batch", {"args": {"ops": ops * 70}})
+    assert e.value.code == "E2BIG"
+    assert wire.MAX_MULTI * wire.MAX_MULTI_PART < wire.MAX_HEADER_BYTES - 64 * 16
