@@ -343,3 +343,25 @@ def test_bad_input(cluster: LocalCluster, ic: Client, tmp_path: Path) -> None:
     assert r.returncode == 1 and b"dfs:" in r.stderr
     r = run(cluster, "put", str(tmp_path / "missing"), "/m")
     assert r.returncode == 1 and b"No such file" in r.stderr
+
+
+def test_cli_recursive_put_and_get_with_and_without_inline(
+    cluster: LocalCluster, ic: Client, tmp_path: Path
+) -> None:
+    src = tmp_path / "t"
+    want = {f"s{i}": os.urandom(i * 1000) for i in range(1, 8)} | {"big": os.urandom(MAX * 5)}
+    for rel, data in want.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    assert run(cluster, "put", "-r", str(src), "/cli-r-inl").returncode == 0
+    r = run(cluster, "put", "-r", "--no-inline", str(src), "/cli-r-chk")
+    assert r.returncode == 0, r.stderr
+    for rel in want:
+        small = rel != "big"
+        assert is_inline(ic, f"/cli-r-inl/{rel}") == small
+        assert not is_inline(ic, f"/cli-r-chk/{rel}")
+    for top in ("/cli-r-inl", "/cli-r-chk"):  # like cp -r: a new REMOTE is the tree
+        back = tmp_path / top.replace("/", "_")
+        r = run(cluster, "get", "-r", top, str(back))
+        assert r.returncode == 0, r.stderr
+        assert {p.name: p.read_bytes() for p in back.iterdir()} == want
