@@ -358,6 +358,18 @@ def test_chmod_chown_setuid_rules(d: Path) -> None:
     r = as_nobody(f"open({str(h)!r}, 'ab').write(b'y')")
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(h).st_mode) == 0o777
+    # ... also a file it creates write-only (written with direct_io: the daemon
+    # clears the bits, not the kernel), and setgid only with group exec
+    os.chmod(d, 0o777)
+    for name, mode, left in (("mine", 0o6755, 0o755), ("lockmark", 0o2644, 0o2644)):
+        code = (
+            f"fd = os.open({str(d / name)!r}, os.O_CREAT | os.O_WRONLY, {mode})\n"
+            f"os.fchmod(fd, {mode}); os.write(fd, b'data'); os.close(fd)"
+        )
+        r = as_nobody(code)
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(os.stat(d / name).st_mode) == left, name
+        assert (d / name).read_bytes() == b"data"
     # a setgid directory hands its group to new entries
     sg = d / "sgdir"
     sg.mkdir()
