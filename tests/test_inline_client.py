@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +216,38 @@ def test_put_and_get_tree_mixing_inline_and_chunks(ic: Client, tmp_path: Path) -
     assert put_tree(ic, LocalTree.scan(src), "/mix") == []
     for r in small[:10] + chunked[:3] + ["d1/f1", "d3/f3"]:
         assert ic.read_bytes(f"/mix/{r}") == (src / r).read_bytes(), r
+
+
+def test_many_big_inline_batches_at_once(cluster: LocalCluster, ic: Client) -> None:
+    """Eight md.batch calls of 1 MiB of inline content at once: Raft entries of
+    1 MiB each, which the leader must not send a follower all in one message
+    over the 4 MiB header limit (it was refused, and the writers waited out
+    their timeout)."""
+    ic.mkdir("/many", parents=True)
+    start = threading.Barrier(8)
+
+    def writer(w: int) -> list[bool]:
+        ops = [
+            {
+                "op": "commit",
+                "args": {
+                    "path": f"/many/w{w}-{i}",
+                    "extents": [],
+                    "size": 60 << 10,
+                    "inline": inline.encode(os.urandom(60 << 10)),
+                },
+            }
+            for i in range(17)
+        ]
+        start.wait()
+        r = ic.meta.call("md.batch", {"args": {"ops": ops}, "stored": {}}, mutate=True)
+        return [res["ok"] for res in r["results"]]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(all(oks) for oks in pool.map(writer, range(8)))
+    logs = [p.read_text(errors="replace") for p in cluster.dir.rglob("meta*.log")]
+    assert logs and not [line for t in logs for line in t.splitlines() if "over the limit" in line]
+    assert len(ic.listdir("/many")) == 8 * 17
 
 
 def test_inline_bytes_per_batch_call_stay_under_the_header_limit(

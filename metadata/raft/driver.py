@@ -41,6 +41,9 @@ log = logging.getLogger("dfs.raft")
 
 Done = Callable[[Any], None]  # receives a result, or a DfsError
 READ_ROUND_PATIENCE = 0.2  # seconds before another ReadIndex round may overlap a slow one
+# entry bytes in one raft.msg: a Ready's appends to one peer may together pass the
+# wire's 4 MiB header limit (entries of small files' inline content reach 1 MiB)
+RAFT_MSG_BYTES = 2 << 20
 
 
 class StateMachine(Protocol):
@@ -373,13 +376,23 @@ class RaftDriver:
         return hs is None or (hs.term, hs.vote) == self._persisted_tv
 
     def _send(self, messages: list[Message]) -> None:
-        by_peer: dict[int, list[dict]] = defaultdict(list)
+        """Each peer's messages in as few raft.msg requests as RAFT_MSG_BYTES allows."""
+        by_peer: dict[int, list[list[Any]]] = defaultdict(lambda: [[]])
+        held: dict[int, int] = defaultdict(int)  # entry bytes in the peer's last group
         for m in messages:
-            by_peer[m.to].append(m.to_wire())
+            n = _payload_bytes(m)
+            groups = by_peer[m.to]
+            if groups[-1] and held[m.to] + n > RAFT_MSG_BYTES:
+                groups.append([])
+                held[m.to] = 0
+            groups[-1].append(m.to_wire())
+            held[m.to] += n
         me = self.endpoint_of(self.id)
-        for peer, msgs in by_peer.items():
+        for peer, groups in by_peer.items():
             ep = self.endpoint_of(peer)
-            if ep is not None:  # one-way: Raft has its own acknowledgements and retries
+            if ep is None:
+                continue
+            for msgs in groups:  # one-way: Raft has its own acknowledgements and retries
                 fields: dict[str, Any] = {"from": self.id, "msgs": msgs}
                 if me is not None:
                     fields["ep"] = me
@@ -438,6 +451,12 @@ class RaftDriver:
         }
         st["voters"] = list(self.raft.voters)
         return st
+
+
+def _payload_bytes(m: Message) -> int:
+    """About how many bytes a message's entries (or snapshot chunk) take."""
+    entries = getattr(m, "entries", None) or ()
+    return sum(len(e.data) for e in entries) + len(getattr(m, "data", b"") or b"")
 
 
 BOOTSTRAP_FILE = "bootstrap.json"
