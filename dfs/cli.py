@@ -19,18 +19,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dfs import paths
+from dfs import inline, paths
 from dfs.bulk import LocalTree, RemoteTree, batches, get_tree, put_tree
 from dfs.client import Client, connect
 from dfs.errors import DfsError, errno_for
-from dfs.inline import INLINE_MAX
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 # stat says where a file's content lives (inline or chunks) up to this size: past
 # ~25 GiB a chunk list alone would not fit one reply (and such a file is chunks)
 STAT_STORAGE_MAX = 16 << 30
 NO_INLINE_HELP = (
-    f"store small files (at most {INLINE_MAX // 1024} KiB) as chunks on the chunkservers,"
+    f"store small files (at most {inline.INLINE_MAX // 1024} KiB) as chunks on the chunkservers,"
     " not inline in the metadata service (also: DFS_INLINE=0)"
 )
 
@@ -262,11 +261,11 @@ def cmd_mv(c: Client, a: argparse.Namespace) -> int:
 
 def _storage(info: dict[str, Any]) -> dict[str, Any]:
     """Where a file's content lives, from its file_chunks reply: inline in the
-    metadata service (and how many bytes it takes there) or in chunks."""
+    metadata service (its bytes as the inline budget counts them) or in chunks."""
     blob = info.get("inline")
     if blob is None:
         return {"inline": False, "chunks": sum(1 for cid, _n in info["extents"] if cid)}
-    return {"inline": True, "inline_bytes": len(blob)}
+    return {"inline": True, "inline_bytes": inline.charge(blob)}
 
 
 def cmd_du(c: Client, a: argparse.Namespace) -> int:
@@ -285,7 +284,7 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
             at = attrs_of[p]
             if info.get("inline") is not None:  # no chunk: kept by the metadata service
                 inline_files += 1
-                inline_bytes += len(info["inline"])
+                inline_bytes += inline.charge(info["inline"])
                 continue
             replicated += at["size"] * at["rep"]
             for cid, n in info.get("extents") or ():
@@ -455,8 +454,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inline_wanted(args: argparse.Namespace) -> bool:
     """Small files go inline unless --no-inline or DFS_INLINE=0 (dfs.inline.wanted)."""
-    from dfs import inline
-
     return inline.wanted(args.no_inline)
 
 
