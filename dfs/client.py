@@ -775,10 +775,12 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:  # everything left
+            out, self._head = bytes(self._head) + self._rest.read(), b""
+            return out
         if self._head:
-            k = len(self._head) if n is None or n < 0 else n
-            out, self._head = bytes(self._head[:k]), self._head[k:]
+            out, self._head = bytes(self._head[:n]), self._head[n:]
             return out
         return self._rest.read(n)
 

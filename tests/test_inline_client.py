@@ -400,3 +400,22 @@ def test_cli_recursive_put_and_get_with_and_without_inline(
         r = run(cluster, "get", "-r", top, str(back))
         assert r.returncode == 0, r.stderr
         assert {p.name: p.read_bytes() for p in back.iterdir()} == want
+
+
+def test_a_stream_read_ahead_for_inline_reads_whole_again() -> None:
+    """upload() reads up to INLINE_MAX + 1 bytes of a stream to decide; a bigger
+    stream is then chunked from the start, the bytes read ahead included."""
+    from dfs.client import _Prefixed, _read_upto
+
+    src = io.BytesIO(b"abcdefghij")
+    p = _Prefixed(_read_upto(src, 4), src)
+    assert [p.read(2), p.read(5), p.read(3), p.read(), p.read(4)] == [
+        b"ab",
+        b"cd",
+        b"efg",
+        b"hij",
+        b"",
+    ]
+    src = io.BytesIO(b"abcdefghij")
+    assert _Prefixed(_read_upto(src, 4), src).read() == b"abcdefghij"
+    assert _read_upto(io.BytesIO(b"xy"), 4) == b"xy"  # a short stream: all of it
