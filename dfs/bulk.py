@@ -537,7 +537,7 @@ class BulkDownloader:
                 local = self.tree.local(self.dest, path)
                 if info.get("inline") is not None:
                     # zeros past the content (truncated up) become a sparse tail
-                    content = inline.decode(info["inline"])[: info["size"]]
+                    content = inline.head(info["inline"], info["size"])
                     n = self._write(local, [content], attrs["mode"], size=info["size"])
                 else:
                     pieces = [bytes(n) if c is None else chunks[c][:n] for c, n in info["extents"]]

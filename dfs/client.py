@@ -433,7 +433,7 @@ class Client:
         the zeros past an inline file's content become a hole (truncate), unwritten."""
         info = self.meta.ns("file_chunks", path=paths.normalize(path))
         if sparse and info.get("inline") is not None:
-            data = inline.decode(info["inline"])[: info["size"]]
+            data = inline.head(info["inline"], info["size"])
             out.write(data)
             out.truncate(info["size"])
             if progress:
@@ -796,7 +796,7 @@ class FileReader(io.RawIOBase):
         self.version: int = info["version"]
         # an inline file's content (zeros follow it up to size, never materialized)
         blob = info.get("inline")
-        self._inline: bytes | None = None if blob is None else inline.decode(blob)[: self.size]
+        self._inline: bytes | None = None if blob is None else inline.head(blob, self.size)
         self._extents: list[tuple[int, str | None, int]] = []
         off = 0
         for cid, n in info["extents"]:
