@@ -7,7 +7,9 @@ also when the test fails.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,15 +48,24 @@ def client() -> Iterator[RpcClient]:
     c.close()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A real 3 metadata + 3 chunkserver cluster, shared by a test module."""
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), 3, 3)
+@contextmanager
+def running_cluster(
+    root: Path, n_metadata: int, n_chunkservers: int, **kw: Any
+) -> Iterator[LocalCluster]:
+    """A started LocalCluster, stopped (its own processes, by PID) on the way out."""
+    c = LocalCluster(root, n_metadata, n_chunkservers, **kw)
     try:
         c.start(timeout=60)
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3 metadata + 3 chunkserver cluster, shared by a test module."""
+    with running_cluster(tmp_path_factory.mktemp("cluster"), 3, 3) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,15 @@ from dfs import errors, wire
 from dfs.client import Client, connect
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
+from tests.conftest import running_cluster
 from tools.cluster import LocalCluster, free_port
 
 
 @pytest.fixture(scope="module")
 def md_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three metadata nodes, no chunkservers (namespace operations only)."""
-    c = LocalCluster(tmp_path_factory.mktemp("md"), 3, 0)
-    try:
-        c.start(timeout=60)
+    with running_cluster(tmp_path_factory.mktemp("md"), 3, 0) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _run_threads(n: int, fn: Callable[[int], None]) -> list[BaseException]:
