@@ -345,8 +345,8 @@ class BulkUploader:
         if not files:
             return self.rep
         names = [f.remote for f in files]
-        r = self.client.meta.call("md.files_chunks", {"args": {"paths": names}})
-        return max([self.rep] + [int(x["rep"]) for x in r["files"] if x.get("ok")])
+        infos, _locations = self.client.files_chunks(names, content=False)
+        return max([self.rep] + [int(x["rep"]) for x in infos if x.get("ok")])
 
     def _store(self, files: list[_File], rep: int) -> dict[str, list[str]]:
         """Every chunk of the batch on ``rep`` servers (fsync'd); returns where."""

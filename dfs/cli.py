@@ -279,12 +279,12 @@ def cmd_du(c: Client, a: argparse.Namespace) -> int:
     replicated = inline_files = inline_bytes = 0
     attrs_of = dict(files)
     for page in _pages(files):
-        infos, _locations = c.files_chunks(page)
+        infos, _locations = c.files_chunks(page, content=False)
         for p, info in zip(page, infos):
             at = attrs_of[p]
-            if info.get("inline") is not None:  # no chunk: kept by the metadata service
+            if info.get("inline_bytes") is not None:  # no chunk: kept by the metadata service
                 inline_files += 1
-                inline_bytes += inline.charge(info["inline"])
+                inline_bytes += info["inline_bytes"]
                 continue
             replicated += at["size"] * at["rep"]
             for cid, n in info.get("extents") or ():

@@ -455,10 +455,16 @@ class Client:
             return inline.iter_content(info["inline"], info["size"])
         return self.iter_extents(info["extents"], locations=info.get("locations"))
 
-    def files_chunks(self, names: list[str]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    def files_chunks(
+        self, names: list[str], content: bool = True
+    ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         """``file_chunks`` of many files in few calls: (replies in order, chunk
         locations). A reply leaves out inline content past its byte budget
-        (inline_omitted); those files are asked for again, until none is left."""
+        (inline_omitted); those files are asked for again, until none is left.
+        ``content=False``: inline files say only their inline_bytes (no blobs)."""
+        if not content:
+            r = self.meta.call("md.files_chunks", {"args": {"paths": names, "content": False}})
+            return r["files"], dict(r.get("locations") or {})
         r = self.meta.call("md.files_chunks", {"args": {"paths": names}})
         files: list[dict[str, Any]] = r["files"]
         locations: dict[str, list[str]] = dict(r.get("locations") or {})

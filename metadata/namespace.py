@@ -355,8 +355,8 @@ QUERIES: dict[str, dict[str, tuple[Any, Any]]] = {
     "getxattr": {"path": (_path, REQ), "name": (_xname, REQ)},
     "listxattr": {"path": (_path, REQ)},
     "statfs": {},
-    "file_chunks": {"path": (_path, REQ)},
-    "files_chunks": {"paths": (_paths, REQ)},
+    "file_chunks": {"path": (_path, REQ), "content": (_bool, True)},
+    "files_chunks": {"paths": (_paths, REQ), "content": (_bool, True)},
     "exists": {"chunk_ids": (_chunk_ids, REQ)},
     "chunk_refs": {"chunk_ids": (_chunk_ids, None)},
     "all_chunks": {"after": (_chunk_id_after, None), "limit": (_limit, 1000)},
@@ -1085,8 +1085,10 @@ class Namespace:
         }
 
     def _op_file_chunks(self, a: dict, ts: None) -> dict:
-        """file_chunks(path) -> extents [[hex or None, length]], size, rep, version, ino,
-        and inline (a dfs.inline blob) for a file whose content is inline."""
+        """file_chunks(path, content=True) -> extents [[hex or None, length]], size,
+        rep, version, ino, and for a file whose content is inline: inline (its
+        dfs.inline blob), or with content=False only inline_bytes (what it is
+        charged), for callers that count rather than read (du)."""
         node = self._lookup(a["path"])
         t = node.meta[M_MODE] & S_IFMT
         if t == S_IFDIR:
@@ -1103,7 +1105,10 @@ class Namespace:
             "ino": node.ino,
         }
         if type(node.data) is Inline:
-            out["inline"] = bytes(node.data)
+            if a["content"]:
+                out["inline"] = bytes(node.data)
+            else:
+                out["inline_bytes"] = inline_codec.charge(node.data)
         return out
 
     def _op_files_chunks(self, a: dict, ts: None) -> dict:
@@ -1114,7 +1119,7 @@ class Namespace:
         files = []
         budget = INLINE_REPLY_BUDGET
         for p in a["paths"]:
-            f = self.query("file_chunks", {"path": p})
+            f = self.query("file_chunks", {"path": p, "content": a["content"]})
             blob = f.get("inline")
             if blob is not None:
                 if len(blob) > budget:

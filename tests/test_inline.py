@@ -180,3 +180,16 @@ def test_an_oversized_request_fails_at_once_in_the_client() -> None:
         wire.encode_request(1, "md.batch", {"args": {"ops": ops * 70}})
     assert e.value.code == "E2BIG"
     assert wire.MAX_MULTI * wire.MAX_MULTI_PART < wire.MAX_HEADER_BYTES - 64 * 16
+
+
+def test_chunk_queries_without_content_give_only_the_charge() -> None:
+    """du and put -r's replication lookup count and do not read: no blobs for them."""
+    ns = Namespace()
+    blob = inline.encode(b"x" * 5000)
+    apply(ns, "commit", path="/a", extents=[], inline=blob)
+    apply(ns, "commit", path="/c", extents=[[CID, 7]])
+    fc = ns.query("file_chunks", {"path": "/a", "content": False})
+    assert "inline" not in fc and fc["inline_bytes"] == inline.charge(blob) == 5001
+    files = ns.query("files_chunks", {"paths": ["/a", "/c"], "content": False})["files"]
+    assert [f.get("inline_bytes") for f in files] == [5001, None]
+    assert files[1]["extents"] == [[CID, 7]]
