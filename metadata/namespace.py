@@ -80,9 +80,10 @@ MAX_SYMLINK = paths.PATH_MAX  # bytes of a symlink target
 MAX_CLIENT = 256  # characters of a client id
 MAX_PAGE = 10_000  # entries in one readdir / all_chunks page (larger limits are clamped)
 # Small files' inline content is in every metadata node's RAM: past this many
-# bytes of it (encoded), commits of inline content get ENOSPC and clients store
-# chunks instead. The default of a new namespace; `dfs-admin limits` changes it
-# through the log (set_limits), so every replica decides alike.
+# bytes of it (counted at content length, see dfs.inline.charge), commits of
+# inline content get ENOSPC and clients store chunks instead. The default of a
+# new namespace; `dfs-admin limits` changes it through the log (set_limits), so
+# every replica decides alike.
 INLINE_BUDGET = 1 << 30
 INLINE_REPLY_BUDGET = 1 << 20  # inline bytes in one files_chunks reply (under the header limit)
 DEFAULT_SESSION_TIMEOUT = 3600 * 10**9  # ns
