@@ -24,6 +24,7 @@ from chunkserver.heartbeat import ChunkLog, Heartbeat
 from chunkserver.scrub import DEFAULT_INTERVAL, DEFAULT_RATE, Scrubber
 from chunkserver.store import ChunkStore
 from dfs import errors, rpc, wire
+from dfs.config import parse_size
 from dfs.errors import DfsError
 from dfs.fsutil import fsync_dir
 from dfs.logs import setup_logging
@@ -313,15 +314,6 @@ class _LoadCounter:
     def __exit__(self, *exc: object) -> None:
         with self.server._load_lock:
             self.server._load -= 1
-
-
-def parse_size(text: str) -> int:
-    """'10G', '512M', '1024' -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

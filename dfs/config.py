@@ -87,3 +87,18 @@ def write_file(
 
 def _toml_list(name: str, items: list[str]) -> str:
     return f"{name} = [" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count from the command line: '1048576', '512K', '10G', '1GiB'
+    (binary units); ValueError for anything else."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in SIZE_UNITS:
+            return int(float(t[:-1]) * SIZE_UNITS[t[-1]])
+        return int(t)
+    except OverflowError:  # 'infG'
+        raise ValueError(f"not a size: {text!r}") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from dfs import errors
 from dfs.client import Client, connect
-from dfs.config import resolve
+from dfs.config import parse_size, resolve
 from dfs.errors import DfsError
 from dfs.rpc import RpcClient
 from dfs.security import Security
@@ -469,9 +469,6 @@ def _scrub(server: dict[str, Any]) -> dict[str, Any]:
     return (server.get("stat") or {}).get("scrub") or {}
 
 
-# ---------------------------------------------------------------- setrep, raft
-
-
 # ---------------------------------------------------------------- limits
 
 
@@ -497,11 +494,9 @@ def cmd_limits(a: argparse.Namespace) -> int:
 
 
 def _size(text: str) -> int:
-    """A byte count: 1048576, 512K, 64M, 1G (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    """A byte count: 1048576, 512K, 64M, 1G (binary units), never negative."""
     try:
-        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        n = parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not a size: {text!r} (e.g. 1073741824, 512M, 1G)"
@@ -509,6 +504,9 @@ def _size(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (negative)")
     return n
+
+
+# ---------------------------------------------------------------- setrep, raft
 
 
 def cmd_setrep(a: argparse.Namespace) -> int:

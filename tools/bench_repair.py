@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dfs
-from chunkserver.server import parse_size
+from dfs.config import parse_size
 from tools.cluster import LocalCluster
 
 FILE = 64 << 20  # bytes per uploaded file
