@@ -612,7 +612,7 @@ class BulkDownloader:
         Plain strings and a counter, not pathlib and os.urandom: per small file those
         cost half as much again as the writing itself."""
         parent, name = os.path.split(local)
-        tmp = os.path.join(parent, f".{name}.dfs-part-{_PID}-{next(_SERIAL)}")
+        tmp = os.path.join(parent, f".{name}.dfs-part-{os.getpid()}-{next(_SERIAL)}")
         total = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o7777)
         try:
@@ -636,5 +636,4 @@ class BulkDownloader:
         return total
 
 
-_PID = os.getpid()
 _SERIAL = itertools.count()  # temp file names (next() on a count is atomic in CPython)
