@@ -810,8 +810,9 @@ class RpcClient:
                 lane.inflight -= 1
 
     def _send_batch(self, endpoint: str, batch: list[_Entry]) -> None:
-        self.lane_messages += 1  # only the lane's one sender counts: no lock needed
-        self.lane_requests += len(batch)
+        with self._lock:  # senders of other lanes (and a write lane's two) count too
+            self.lane_messages += 1
+            self.lane_requests += len(batch)
         # each message waits the longest timeout of its callers (a caller queued
         # meanwhile gives up at its own deadline); a steady value spares a setsockopt
         timeout = max(e.timeout for e in batch)
