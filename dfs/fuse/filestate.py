@@ -233,14 +233,15 @@ class FileState:
             off += n
         self.base = off
 
-    def refresh(self, extents: list[list[Any]], size: int, version: int) -> None:
-        """Take a newer committed version (only while nothing is written here)."""
+    def refresh(self, info: dict[str, Any]) -> None:
+        """Take a newer committed version from a file_chunks reply (only while
+        nothing is written here); an unchanged one is not decoded again."""
         with self.mu:
-            if self.modified or version == self.version:
+            if self.modified or info["version"] == self.version:
                 return
-            self._set_extents([[c, n] for c, n in extents])
-            self.size = size
-            self.version = version
+            self._set_extents([[c, n] for c, n in content_extents(info)])
+            self.size = info["size"]
+            self.version = info["version"]
 
     def _chunk_bytes(self, ref: Ref) -> Chunk:
         if type(ref) is bytes:

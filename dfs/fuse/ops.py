@@ -622,7 +622,7 @@ class DfsOperations(Operations):
             fh = next(self._fh)
             self._handles[fh] = st
         if not fresh:
-            st.refresh(content_extents(info), info["size"], info["version"])
+            st.refresh(info)
         return fh
 
     @_op
