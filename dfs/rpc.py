@@ -29,6 +29,8 @@ import itertools
 import logging
 import math
 import os
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -40,7 +42,7 @@ from typing import Any
 
 import zmq
 
-from dfs import errors, wire
+from dfs import errors, stream, wire
 from dfs.errors import DfsError
 from dfs.security import Security
 from dfs.wire import Frame, Reply, Request
@@ -192,7 +194,22 @@ class RpcServer:
         self._replies.bind(self._inproc)
         self._soon: deque[Callable[[], None]] = deque()
         self.after_poll: list[Callable[[], None]] = []  # run once per loop iteration
-        self.route("ping", lambda call: {"service": self.name, "pid": os.getpid()})
+        # framed TCP beside the ROUTER (dfs.stream): never with a cluster key
+        self._listener = (
+            stream.listen(self.endpoint) if security is None and stream.enabled() else None
+        )
+        self.stream_port: int | None = (
+            self._listener.getsockname()[1] if self._listener is not None else None
+        )
+        self._conns: dict[int, stream.Conn] = {}  # fd -> stream connection, on the loop
+        self._poller: zmq.Poller | None = None
+        self.route("ping", self._ping)
+
+    def _ping(self, call: Call) -> dict[str, Any]:
+        reply: dict[str, Any] = {"service": self.name, "pid": os.getpid()}
+        if self.stream_port is not None:
+            reply["stream"] = self.stream_port
+        return reply
 
     # ------------------------------------------------------------ registration
 
@@ -241,11 +258,15 @@ class RpcServer:
 
     def serve_forever(self) -> None:
         self._loop_ident = threading.get_ident()
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._replies, zmq.POLLIN)
         for sock in self._extra:
             poller.register(sock, zmq.POLLIN)
+        listen_fd = -1
+        if self._listener is not None:
+            listen_fd = self._listener.fileno()
+            poller.register(listen_fd, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(self._poll_timeout_ms()))
@@ -253,6 +274,10 @@ class RpcServer:
                     self._drain_replies()
                 if self.sock in ready:
                     self._drain_requests()
+                if self._conns or listen_fd in ready:
+                    for fd, events in ready.items():
+                        if fd.__class__ is int:
+                            self._stream_ready(fd, events, listen_fd)
                 for sock, fn in self._extra.items():
                     if sock in ready:
                         fn(sock)
@@ -266,6 +291,11 @@ class RpcServer:
         finally:
             self.sock.close(linger=0)
             self._replies.close(linger=0)
+            for conn in list(self._conns.values()):
+                conn.close()
+            self._conns.clear()
+            if self._listener is not None:
+                self._listener.close()
 
     def _run_soon(self) -> None:
         for _ in range(len(self._soon)):
@@ -369,12 +399,15 @@ class RpcServer:
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, peer: bytes, frames: list[Frame]) -> None:
-        """Send from any thread: directly on the loop, else via the inproc queue."""
+    def _send(self, peer: Any, frames: list[Frame]) -> None:
+        """Send from any thread: directly on the loop, else via the inproc queue
+        (a stream connection's reply: via call_soon, as the loop owns the socket)."""
         if threading.get_ident() == self._loop_ident:
             self._send_now(peer, frames)
-        else:
+        elif peer.__class__ is bytes:
             self._push([peer, *frames])
+        else:
+            self.call_soon(lambda: self._send_now(peer, frames))
 
     def _push(self, frames: list[Any]) -> None:
         """Hand frames to the loop from another thread (one PUSH socket per thread)."""
@@ -387,6 +420,9 @@ class RpcServer:
         push.send_multipart(frames, copy=False)
 
     def _send_now(self, peer: Any, frames: Sequence[Any]) -> None:
+        if peer.__class__ is stream.Conn:
+            self.stream_send(peer, frames)
+            return
         try:
             _send_frames(self.sock, frames, _NOBLOCK, peer)
         except zmq.Again:
@@ -394,34 +430,179 @@ class RpcServer:
         except zmq.ZMQError as exc:
             log.warning("%s: reply dropped: %s", self.name, exc)
 
+    # ------------------------------------------------------------ framed TCP
+
+    def _stream_ready(self, fd: int, events: int, listen_fd: int) -> None:
+        if fd == listen_fd:
+            self._accept()
+            return
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
+        try:
+            if events & zmq.POLLOUT:
+                conn.flush()
+                self._watch(conn)
+            if events & (zmq.POLLIN | zmq.POLLERR) and not conn.closed:
+                for parts in conn.read():
+                    self._dispatch(conn, parts)
+        except stream.StreamError as exc:
+            log.warning("%s: stream connection dropped: %s", self.name, exc)
+        if conn.closed:
+            self._forget_conn(fd)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                sock, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: leave it queued
+                log.warning("%s: accept failed: %s", self.name, exc)
+                return
+            stream.tune(sock)
+            self.attach(stream.Conn(sock))
+
+    def attach(self, conn: stream.Conn) -> None:
+        """Serve a stream connection on the loop (inbound, or one we opened)."""
+        assert self._poller is not None and self.on_loop()
+        self._conns[conn.fileno()] = conn
+        conn.watching_out = conn.wants_write
+        self._poller.register(conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if conn.wants_write else 0))
+
+    def stream_send(self, conn: stream.Conn, frames: Sequence[Any]) -> bool:
+        """Send on a stream connection from the loop; False once it is closed."""
+        if conn.closed:
+            return False
+        fd = conn.fileno()
+        try:
+            conn.send(frames)
+        except stream.StreamError as exc:
+            log.warning("%s: stream connection dropped: %s", self.name, exc)
+        except DfsError as exc:
+            log.warning("%s: message not sent: %s", self.name, exc.message)
+            return True
+        if conn.closed:
+            self._forget_conn(fd)
+            return False
+        self._watch(conn)
+        return True
+
+    def _watch(self, conn: stream.Conn) -> None:
+        """Poll for writability exactly while bytes wait (or a connect is underway)."""
+        want = conn.wants_write
+        if want != conn.watching_out and not conn.closed and self._poller is not None:
+            self._poller.register(conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if want else 0))
+            conn.watching_out = want
+
+    def drop(self, conn: stream.Conn) -> None:
+        """Close a stream connection the loop serves (on the loop)."""
+        fd = conn.fileno()
+        conn.close()
+        self._forget_conn(fd)
+
+    def _forget_conn(self, fd: int) -> None:
+        self._conns.pop(fd, None)
+        if self._poller is not None:
+            try:
+                self._poller.unregister(fd)
+            except KeyError:
+                pass
+
 
 # ---------------------------------------------------------------- one-way sender
 
 
 class Sender:
     """One-way messages (Raft) sent by one thread, an event loop, straight onto the
-    wire: no I/O thread, no futures. Not thread-safe: use it from its loop only."""
+    wire: no I/O thread, no futures. Not thread-safe: use it from its loop only.
 
-    def __init__(self, security: Security | None = None, context: zmq.Context | None = None):
+    Given its loop's server, it sends to a peer that told its stream port
+    (``learn``) on framed TCP (dfs.stream), and on ZeroMQ otherwise or while that
+    connection is down."""
+
+    SHUN = 2.0  # seconds a failed stream leaves a peer's traffic to ZeroMQ
+
+    def __init__(
+        self,
+        security: Security | None = None,
+        context: zmq.Context | None = None,
+        server: RpcServer | None = None,
+    ):
         self.ctx = context or zmq.Context.instance()
         self.security = security
         self._socks: dict[str, zmq.Socket] = {}
+        # framed TCP needs a loop to flush on, and no cluster key (DESIGN: CURVE then)
+        self.server = server if server is not None and server.stream_port is not None else None
+        self._ports: dict[str, int] = {}  # endpoint -> the stream port its node told
+        self._conns: dict[str, stream.Conn] = {}
+        self._shunned: dict[str, float] = {}  # endpoint -> until when ZeroMQ carries it
+
+    def learn(self, endpoint: str, port: int) -> None:
+        """``endpoint``'s node listens for streams on ``port`` (it said so)."""
+        if self.server is None or self._ports.get(endpoint) == port:
+            return
+        self._ports[endpoint] = port
+        self._shunned.pop(endpoint, None)
+        old = self._conns.pop(endpoint, None)  # to a previous incarnation of the node
+        if old is not None:
+            self.server.drop(old)
 
     def send(self, endpoint: str, op: str, fields: dict[str, Any]) -> bool:
         """Queue a message for ``endpoint``; False when its queue is full (peer down)."""
+        header = wire.encode_request(0, op, fields)[0]
+        conn = self._stream_to(endpoint) if self.server is not None else None
+        if conn is not None:
+            assert self.server is not None
+            if self.server.stream_send(conn, [header]):
+                return True
+            self._conns.pop(endpoint, None)
+            self._shunned[endpoint] = time.monotonic() + self.SHUN
         sock = self._socks.get(endpoint)
         if sock is None:
             sock = self._socks[endpoint] = _dealer(self.ctx, endpoint, self.security)
         try:
-            sock.send(wire.encode_request(0, op, fields)[0], _NOBLOCK)
+            sock.send(header, _NOBLOCK)
             return True
         except zmq.Again:
             return False
+
+    def _stream_to(self, endpoint: str) -> stream.Conn | None:
+        """The open stream to ``endpoint``, a new one, or None (ZeroMQ then)."""
+        assert self.server is not None
+        conn = self._conns.get(endpoint)
+        if conn is not None:
+            if not conn.closed:
+                return conn
+            del self._conns[endpoint]  # it broke: ZeroMQ for a while
+            self._shunned[endpoint] = time.monotonic() + self.SHUN
+            return None
+        port, host = self._ports.get(endpoint), stream.tcp_host(endpoint)
+        if port is None or host is None or time.monotonic() < self._shunned.get(endpoint, 0):
+            return None
+        try:
+            conn = stream.Conn.connect(host, port)
+        except OSError as exc:
+            log.info("no stream to %s (%s): ZeroMQ for now", endpoint, exc)
+            self._shunned[endpoint] = time.monotonic() + self.SHUN
+            return None
+        self.server.attach(conn)
+        self._conns[endpoint] = conn
+        return conn
+
+    def transport(self, endpoint: str) -> str:
+        """What carries messages to ``endpoint`` now: "stream" or "zmq"."""
+        conn = self._conns.get(endpoint)
+        return "stream" if conn is not None and not conn.closed else "zmq"
 
     def close(self) -> None:
         for sock in self._socks.values():
             sock.close(linger=0)
         self._socks.clear()
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
 
 def _dealer(ctx: zmq.Context, endpoint: str, security: Security | None) -> zmq.Socket:
@@ -473,6 +654,19 @@ def _send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int, first: Any
 
 
 # ---------------------------------------------------------------- client
+
+STREAM_CONNECT = 1.0  # seconds a stream connect may take before ZeroMQ is used instead
+STREAM_SHUN = 10.0  # seconds a server whose stream could not be opened is asked by ZeroMQ
+STREAM_RECHECK = 600.0  # seconds before a server is asked again for its stream port
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Bound each blocking recv and send on ``sock`` (one syscall per recv, where a
+    Python-level socket timeout adds a poll before each)."""
+    sec = int(seconds)
+    tv = struct.pack("@ll", sec, int((seconds - sec) * 1e6) or (0 if sec else 1000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 @dataclass
@@ -601,6 +795,10 @@ class RpcClient:
         self._wake.bind(self._wake_ep)
         self._socks: dict[str, zmq.Socket] = {}
         self._direct_socks: list[zmq.Socket] = []  # per-thread sockets of blocking calls
+        # framed TCP (dfs.stream) for blocking calls, never with a cluster key
+        self._streams_ok = security is None and stream.enabled()
+        self._stream_ports: dict[str, tuple[int | None, float]] = {}  # endpoint -> port, until
+        self._stream_socks: list[socket.socket] = []
         self._lanes: dict[tuple[str, str], _Lane] = {}  # (endpoint, lane) -> combining callers
         # requests sent through lanes, and the messages that carried them (a test
         # or benchmark reads how much combining happened)
@@ -685,7 +883,16 @@ class RpcClient:
         return self._exchange(endpoint, req_id, msg, timeout).raise_for_error()
 
     def _exchange(self, endpoint: str, req_id: int, msg: list[Frame], timeout: float) -> Reply:
-        """Send one message on this thread's socket and wait for the reply to it."""
+        """Send one message on this thread's connection to ``endpoint`` and wait for
+        the reply to it: framed TCP where the server offers it, else ZeroMQ."""
+        port = self._stream_port(endpoint, timeout) if self._streams_ok else None
+        if port is not None:
+            reply = self._exchange_stream(endpoint, port, req_id, msg, timeout)
+            if reply is not None:
+                return reply
+        return self._exchange_zmq(endpoint, req_id, msg, timeout)
+
+    def _exchange_zmq(self, endpoint: str, req_id: int, msg: list[Frame], timeout: float) -> Reply:
         socks = self._local.get().setdefault("direct", {})
         got = socks.get(endpoint)
         if got is None:
@@ -725,6 +932,97 @@ class RpcClient:
                 del socks[endpoint]
                 sock.close(linger=0)
                 raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}")
+
+    # ------------------------------------------------------------ framed TCP
+
+    def _stream_port(self, endpoint: str, timeout: float) -> int | None:
+        """The server's stream port (asked once with a ping, then remembered), or
+        None: it has none (a cluster key, an old server, not tcp://) or it failed
+        a moment ago."""
+        known = self._stream_ports.get(endpoint)
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
+        if stream.tcp_host(endpoint) is None:
+            self._stream_ports[endpoint] = (None, math.inf)
+            return None
+        try:
+            ping_id = next(self._ids)
+            ping = wire.encode_request(ping_id, "ping", {})
+            fields = self._exchange_zmq(endpoint, ping_id, ping, timeout).fields
+        except DfsError as exc:
+            if exc.code == errors.TIMEOUT:
+                raise  # the server does not answer: the call itself would not get one
+            fields = {}
+        port = fields.get("stream")
+        port = port if isinstance(port, int) and 0 < port < 65536 else None
+        self._stream_ports[endpoint] = (port, time.monotonic() + STREAM_RECHECK)
+        return port
+
+    def _exchange_stream(
+        self, endpoint: str, port: int, req_id: int, msg: list[Frame], timeout: float
+    ) -> Reply | None:
+        """One exchange on this thread's stream to ``endpoint``; None when no stream
+        could be opened (nothing was sent: the caller uses ZeroMQ instead)."""
+        conns = self._local.get().setdefault("streams", {})
+        got = conns.get(endpoint)
+        if got is None:
+            got = self._open_stream(endpoint, port, timeout)
+            if got is None:
+                return None
+            conns[endpoint] = got
+        sock, reader = got[0], got[1]
+        deadline = time.monotonic() + timeout
+        try:
+            if got[2] != timeout:
+                _set_timeouts(sock, timeout)
+                got[2] = timeout
+            stream.send_all(sock, stream.encode(msg))
+            while True:
+                parts = stream.recv_message(sock, reader)
+                try:
+                    reply = wire.decode_reply(parts)
+                except DfsError as exc:
+                    log.warning("dropped an undecodable reply: %s", exc.message)
+                    reply = None
+                if reply is not None and reply.id == req_id:
+                    return reply
+                # a late reply to an earlier call that timed out: wait for ours
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                _set_timeouts(sock, left)
+                got[2] = left
+        except (BlockingIOError, TimeoutError):
+            self._close_stream(conns, endpoint)
+            raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}") from None
+        except (OSError, stream.StreamError) as exc:
+            # the server went away (or restarted on another port): ask again next time
+            self._close_stream(conns, endpoint)
+            self._stream_ports.pop(endpoint, None)
+            raise DfsError(errors.UNAVAILABLE, f"connection to {endpoint} lost: {exc}") from None
+
+    def _open_stream(self, endpoint: str, port: int, timeout: float) -> list[Any] | None:
+        host = stream.tcp_host(endpoint)
+        assert host is not None
+        try:
+            sock = socket.create_connection((host, port), timeout=min(timeout, STREAM_CONNECT))
+        except OSError as exc:
+            log.info("no stream to %s (%s): ZeroMQ for a while", endpoint, exc)
+            self._stream_ports[endpoint] = (None, time.monotonic() + STREAM_SHUN)
+            return None
+        sock.settimeout(None)  # blocking; SO_RCVTIMEO/SO_SNDTIMEO bound each wait
+        stream.tune(sock)
+        with self._lock:
+            self._stream_socks.append(sock)
+        return [sock, stream.Reader(), -1.0]
+
+    def _close_stream(self, conns: dict[str, list[Any]], endpoint: str) -> None:
+        got = conns.pop(endpoint, None)
+        if got is not None:
+            with self._lock:
+                if got[0] in self._stream_socks:
+                    self._stream_socks.remove(got[0])
+            got[0].close()
 
     # ------------------------------------------------------------ combining
 
@@ -867,6 +1165,9 @@ class RpcClient:
             for sock in self._direct_socks:
                 sock.close(linger=0)
             self._direct_socks.clear()
+            for s in self._stream_socks:
+                s.close()
+            self._stream_socks.clear()
 
     def __enter__(self) -> RpcClient:
         return self

@@ -130,6 +130,7 @@ def _check_locations(v: Any) -> dict[str, list[str]]:
 
 
 INT: Callable[[Any], Any] = _check_int
+PORT: Callable[[Any], Any] = lambda v: _check_int(v, 1, 65535)  # noqa: E731
 STR: Callable[[Any], Any] = _check_str
 BOOL = _check_bool
 MAP = _check_map
@@ -336,8 +337,9 @@ _METADATA_OPS = [
     Op("raft.status", {}, doc="this member's Raft role, term, commit and applied index"),
     Op(
         "raft.msg",
-        {"from": req(INT), "msgs": req(LIST), "ep": opt(ENDPOINT)},
-        doc="Raft messages between peers (ep: the sender's endpoint, for a node that joins)",
+        {"from": req(INT), "msgs": req(LIST), "ep": opt(ENDPOINT), "sp": opt(PORT)},
+        doc="Raft messages between peers (ep: the sender's endpoint, for a node that joins;"
+        " sp: its framed-TCP port, see dfs.stream)",
         oneway=True,
     ),
 ]

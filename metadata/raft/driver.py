@@ -15,7 +15,8 @@ leader's lease are served on the spot, without a Ready. Other threads hand
 work to the loop with ``call_soon``.
 
 Raft messages travel as one-way ``raft.msg`` requests, batched per peer per
-Ready.
+Ready: on framed TCP (dfs.stream) once a peer has told its port, as every
+message does when the cluster has no key; on ZeroMQ otherwise.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class RaftDriver:
         self.static_peers = dict(peers)  # --peers: a fallback directory of endpoints
         self.learned: dict[int, str] = {}  # endpoints senders of raft.msg gave
         self.sm = sm
-        self.sender = rpc.Sender(server.security, server.ctx)  # used on the loop only
+        self.sender = rpc.Sender(server.security, server.ctx, server)  # used on the loop only
         self.tick_interval = tick
         self.snapshot_every = snapshot_every
         self.storage = RaftStorage(data_dir)
@@ -177,6 +178,9 @@ class RaftDriver:
         ep, frm = call.fields.get("ep"), call.fields["from"]
         if ep is not None and self.learned.get(frm) != ep:
             self.learned[frm] = ep  # a node that joins learns its leader's address here
+        sp, src = call.fields.get("sp"), ep or self.endpoint_of(frm)
+        if sp is not None and src is not None:
+            self.sender.learn(src, sp)  # framed TCP to that node from now on
         for m in call.fields["msgs"]:
             try:
                 msg = Message.from_wire(m)
@@ -396,6 +400,8 @@ class RaftDriver:
                 fields: dict[str, Any] = {"from": self.id, "msgs": msgs}
                 if me is not None:
                     fields["ep"] = me
+                if self.server.stream_port is not None:
+                    fields["sp"] = self.server.stream_port
                 self.sender.send(ep, "raft.msg", fields)
 
     def _apply(self, entry: Any) -> None:
@@ -450,6 +456,12 @@ class RaftDriver:
             if isinstance(v, (int, str, float, bool)) or hasattr(v, "name")
         }
         st["voters"] = list(self.raft.voters)
+        # how this node's messages reach each peer now: "stream" (framed TCP) or "zmq"
+        st["transport"] = {
+            str(peer): self.sender.transport(ep)
+            for peer in self.raft.voters
+            if peer != self.id and (ep := self.endpoint_of(peer)) is not None
+        }
         return st
 
 

@@ -1,0 +1,304 @@
+"""Framed TCP: dfs.rpc's messages on a plain TCP connection, without ZeroMQ.
+
+Why: on this machine a small request and its reply take 31 us over loopback
+on a plain socket and cost the caller 17 us of CPU; over a ZeroMQ DEALER and
+ROUTER they take 102 us and 45 us, because libzmq's I/O thread hands every
+message between threads on both sides (``python -m tools.bench_rpc``). A Raft
+commit crosses four such hops and a stat two, on two cores shared by every
+process of a local cluster.
+
+When: only for a cluster without a cluster key. With a key, DESIGN.md's
+security contract puts every socket on CURVE, so a keyed server opens no
+stream listener and every byte stays on ZeroMQ. ``DFS_STREAM=0`` turns the
+stream off on either side (for comparisons, or a firewall that lets only the
+ZeroMQ port through).
+
+How peers find it: a server tells its listener's port in ``ping`` replies
+(clients ask once per endpoint) and in ``raft.msg`` (Raft peers); the host is
+the one of the ZeroMQ endpoint. A stream that fails (refused, reset, a connect
+that does not finish) sends that peer's traffic back to ZeroMQ for a while.
+
+A message on the wire: u32 length of what follows, u16 number of parts, one
+u32 length per part, then the parts (the same parts as ZeroMQ's multipart
+message: the msgpack header, then data frames).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from dfs import wire
+from dfs.errors import DfsError
+
+HEAD = struct.Struct("<IH")
+MAX_PARTS = 1 + wire.MAX_FRAMES
+# a whole message: every data frame at its limit plus a header (a peer saying
+# more is cut off before anything is buffered)
+MAX_MESSAGE = wire.MAX_HEADER_BYTES + wire.MAX_FRAMES * wire.MAX_CHUNK_BYTES + 4 * MAX_PARTS
+RECV_BYTES = 256 << 10  # one recv of small messages
+BIG = 64 << 10  # a message at least this big is read straight into its own buffer
+MAX_QUEUED = 512 << 20  # bytes waiting to go out on one connection before it is dropped
+IOV_MAX = 64  # buffers per sendmsg
+
+
+class StreamError(Exception):
+    """The peer broke the framing or the connection: drop the connection."""
+
+
+def enabled() -> bool:
+    return os.environ.get("DFS_STREAM", "1") != "0"
+
+
+def tcp_host(endpoint: str) -> str | None:
+    """The host of a ``tcp://host:port`` endpoint (None for ipc/inproc)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host = endpoint[6:].rsplit(":", 1)[0]
+    return host.strip("[]") or None
+
+
+def encode(frames: Sequence[Any]) -> list[Any]:
+    """The buffers of one message: a prefix (lengths) and the frames themselves."""
+    lens = [len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames]
+    if not 1 <= len(lens) <= MAX_PARTS:
+        raise DfsError("E2BIG", f"{len(lens)} parts in one message")
+    prefix = HEAD.pack(4 * len(lens) + sum(lens), len(lens)) + struct.pack(f"<{len(lens)}I", *lens)
+    return [prefix, *frames]
+
+
+def _split(body: bytes | bytearray, nparts: int) -> list[Any]:
+    """A message body into its parts: the header as bytes, data frames as views."""
+    lens = struct.unpack_from(f"<{nparts}I", body, 0)
+    off = 4 * nparts
+    if off + sum(lens) != len(body):
+        raise StreamError("part lengths do not add up to the message length")
+    view = memoryview(body)
+    parts: list[Any] = [bytes(view[off : off + lens[0]])]
+    off += lens[0]
+    for n in lens[1:]:
+        parts.append(view[off : off + n])
+        off += n
+    return parts
+
+
+class Reader:
+    """Cuts messages out of a byte stream. A big message (a chunk) is read straight
+    into a buffer of its own size: no growing, no copy out of a shared buffer."""
+
+    __slots__ = ("big", "buf", "got", "nparts", "scratch")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        # recv_into a buffer kept for good: recv(n) mallocs n bytes each call (an
+        # mmap and munmap for n over glibc's threshold)
+        self.scratch = memoryview(bytearray(RECV_BYTES))
+        self.big: bytearray | None = None  # body of a big message being read
+        self.got = 0  # bytes of ``big`` read so far
+        self.nparts = 0
+
+    def read_from(self, sock: socket.socket) -> int:
+        """One recv; the number of bytes read (0: the peer closed the connection).
+        BlockingIOError / timeouts propagate."""
+        if self.big is not None:
+            n = sock.recv_into(memoryview(self.big)[self.got :])
+            self.got += n
+            return n
+        n = sock.recv_into(self.scratch)
+        self.buf += self.scratch[:n]
+        return n
+
+    def pop(self) -> list[Any] | None:
+        """The next whole message's parts, or None until more bytes arrive."""
+        if self.big is not None:
+            if self.got < len(self.big):
+                return None
+            body, self.big = self.big, None
+            return _split(body, self.nparts)
+        buf = self.buf
+        if len(buf) < HEAD.size:
+            return None
+        total, nparts = HEAD.unpack_from(buf)
+        if not 1 <= nparts <= MAX_PARTS or total > MAX_MESSAGE or total < 4 * nparts:
+            raise StreamError(f"bad message prefix ({total} bytes, {nparts} parts)")
+        end = HEAD.size + total
+        if len(buf) >= end:
+            body = bytes(buf[HEAD.size : end])
+            del buf[:end]
+            return _split(body, nparts)
+        if total >= BIG:  # the rest of it goes straight into its own buffer
+            self.big = bytearray(total)
+            have = len(buf) - HEAD.size
+            self.big[:have] = buf[HEAD.size :]
+            self.got, self.nparts = have, nparts
+            buf.clear()
+        return None
+
+
+def send_all(sock: socket.socket, bufs: list[Any]) -> None:
+    """Write every buffer on a blocking socket (sendmsg may write part of them)."""
+    views = [memoryview(b).cast("B") for b in bufs]
+    while views:
+        n = sock.sendmsg(views[:IOV_MAX])
+        views = _consume(views, n)
+
+
+def _consume(views: list[memoryview], n: int) -> list[memoryview]:
+    """What is left of ``views`` after ``n`` bytes of them went out."""
+    i = 0
+    while i < len(views) and n >= views[i].nbytes:
+        n -= views[i].nbytes
+        i += 1
+    rest = views[i:]
+    if n and rest:
+        rest[0] = rest[0][n:]
+    return rest
+
+
+def recv_message(sock: socket.socket, reader: Reader) -> list[Any]:
+    """Block until one whole message is in (the socket's timeout applies)."""
+    while True:
+        msg = reader.pop()
+        if msg is not None:
+            return msg
+        if reader.read_from(sock) == 0:
+            raise StreamError("connection closed by the peer")
+
+
+def tune(sock: socket.socket) -> None:
+    """Small messages go out at once (no Nagle delay waiting for an ack)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Conn:
+    """A non-blocking connection on an event loop: a Reader for what comes in, a
+    queue for what the socket would not take yet (the loop flushes it once the
+    socket is writable). Used from the loop thread only."""
+
+    __slots__ = ("closed", "connecting", "out", "queued", "reader", "sock", "watching_out")
+
+    def __init__(self, sock: socket.socket, connecting: bool = False) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = Reader()
+        self.out: deque[memoryview] = deque()
+        self.queued = 0
+        self.connecting = connecting  # a non-blocking connect not finished yet
+        self.closed = False
+        self.watching_out = False  # the loop polls for writability on our behalf
+
+    @classmethod
+    def connect(cls, host: str, port: int) -> Conn:
+        """Start connecting without blocking: what is sent meanwhile queues."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        tune(sock)
+        sock.setblocking(False)
+        err = sock.connect_ex((host, port))
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise OSError(err, os.strerror(err))
+        return cls(sock, connecting=err != 0)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self.out) or self.connecting
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Queue one message and write what the socket takes now."""
+        if self.closed:
+            return
+        for b in encode(frames):
+            view = memoryview(b).cast("B")
+            self.out.append(view)
+            self.queued += view.nbytes
+        if self.queued > MAX_QUEUED:
+            self.close()
+            raise StreamError(f"over {MAX_QUEUED >> 20} MiB queued for a peer that does not read")
+        if not self.connecting:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write queued bytes until the socket would block."""
+        if self.connecting:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.close()
+                raise StreamError(f"connect failed: {os.strerror(err)}")
+            self.connecting = False
+        while self.out:
+            views = [self.out[i] for i in range(min(IOV_MAX, len(self.out)))]
+            try:
+                n = self.sock.sendmsg(views)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.close()
+                raise StreamError(str(exc)) from None
+            self.queued -= n
+            for _ in range(len(views)):
+                head = self.out[0]
+                if n >= head.nbytes:
+                    n -= head.nbytes
+                    self.out.popleft()
+                else:
+                    self.out[0] = head[n:]
+                    break
+
+    def read(self, limit: int = 16) -> list[list[Any]]:
+        """The messages that are in, after at most ``limit`` recvs (fairness)."""
+        got: list[list[Any]] = []
+        for _ in range(limit):
+            try:
+                n = self.reader.read_from(self.sock)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.close()
+                raise StreamError(str(exc)) from None
+            if n == 0:
+                self.close()
+                break
+            try:
+                while (msg := self.reader.pop()) is not None:
+                    got.append(msg)
+            except StreamError:
+                self.close()
+                raise
+            if self.reader.big is None and n < RECV_BYTES:
+                break  # drained (a recv more would only fail): the poll says when there is more
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.out.clear()
+            self.queued = 0
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+def listen(endpoint: str) -> socket.socket | None:
+    """A listening socket on the host of a ZeroMQ tcp endpoint, on a free port."""
+    host = tcp_host(endpoint)
+    if host is None or host == "*":
+        host = "0.0.0.0" if host == "*" else None
+    if host is None:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
