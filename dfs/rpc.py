@@ -50,6 +50,7 @@ from dfs.wire import Frame, Reply, Request
 log = logging.getLogger(__name__)
 
 ZERO_COPY_MIN = 64 * 1024  # frames smaller than this are cheaper to copy
+MAX_STREAMS = 4096  # stream connections one server keeps open
 _inproc_ids = itertools.count()  # unique inproc names, even across id() reuse
 MAX_INBOUND_FRAME = wire.MAX_CHUNK_BYTES + wire.MAX_HEADER_BYTES + (1 << 20)
 DEFERRED = object()  # a handler's return value meaning "I will respond later"
@@ -201,14 +202,18 @@ class RpcServer:
         self.stream_port: int | None = (
             self._listener.getsockname()[1] if self._listener is not None else None
         )
+        # said by every client in its HELLO: a port another server had before is no use
+        self.stream_token = stream.new_token()
         self._conns: dict[int, stream.Conn] = {}  # fd -> stream connection, on the loop
         self._poller: zmq.Poller | None = None
+        self._accept_paused_until = 0.0  # out of file descriptors: accept again later
         self.route("ping", self._ping)
 
     def _ping(self, call: Call) -> dict[str, Any]:
         reply: dict[str, Any] = {"service": self.name, "pid": os.getpid()}
         if self.stream_port is not None:
             reply["stream"] = self.stream_port
+            reply["token"] = self.stream_token.decode()
         return reply
 
     # ------------------------------------------------------------ registration
@@ -269,6 +274,9 @@ class RpcServer:
             poller.register(listen_fd, zmq.POLLIN)
         try:
             while not self._stop.is_set():
+                if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+                    self._accept_paused_until = 0.0
+                    poller.register(listen_fd, zmq.POLLIN)
                 ready = dict(poller.poll(self._poll_timeout_ms()))
                 if self._replies in ready:
                     self._drain_replies()
@@ -445,22 +453,37 @@ class RpcServer:
                 self._watch(conn)
             if events & (zmq.POLLIN | zmq.POLLERR) and not conn.closed:
                 for parts in conn.read():
+                    if conn.outbound:
+                        continue  # ours, to send on: no peer has anything to ask on it
+                    if not conn.greeted:
+                        if parts != [stream.HELLO, self.stream_token]:
+                            log.warning("%s: stream without our HELLO: dropped", self.name)
+                            conn.close()
+                            break
+                        conn.greeted = True
+                        continue
                     self._dispatch(conn, parts)
         except stream.StreamError as exc:
             log.warning("%s: stream connection dropped: %s", self.name, exc)
         if conn.closed:
-            self._forget_conn(fd)
+            self._forget_conn(fd, conn)
 
     def _accept(self) -> None:
-        assert self._listener is not None
+        assert self._listener is not None and self._poller is not None
         for _ in range(64):
             try:
                 sock, _addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of file descriptors: leave it queued
+            except OSError as exc:  # out of file descriptors: stop asking for a second
                 log.warning("%s: accept failed: %s", self.name, exc)
+                self._poller.unregister(self._listener.fileno())
+                self._accept_paused_until = time.monotonic() + 1.0
                 return
+            if len(self._conns) >= MAX_STREAMS:
+                log.warning("%s: %d stream connections: refusing more", self.name, MAX_STREAMS)
+                sock.close()
+                continue
             stream.tune(sock)
             self.attach(stream.Conn(sock))
 
@@ -484,7 +507,7 @@ class RpcServer:
             log.warning("%s: message not sent: %s", self.name, exc.message)
             return True
         if conn.closed:
-            self._forget_conn(fd)
+            self._forget_conn(fd, conn)
             return False
         self._watch(conn)
         return True
@@ -500,10 +523,12 @@ class RpcServer:
         """Close a stream connection the loop serves (on the loop)."""
         fd = conn.fileno()
         conn.close()
-        self._forget_conn(fd)
+        self._forget_conn(fd, conn)
 
-    def _forget_conn(self, fd: int) -> None:
-        self._conns.pop(fd, None)
+    def _forget_conn(self, fd: int, conn: stream.Conn) -> None:
+        if self._conns.get(fd) is not conn:  # the number went to a newer connection
+            return
+        del self._conns[fd]
         if self._poller is not None:
             try:
                 self._poller.unregister(fd)
@@ -523,6 +548,10 @@ class Sender:
     connection is down."""
 
     SHUN = 2.0  # seconds a failed stream leaves a peer's traffic to ZeroMQ
+    # bytes queued for one peer before its stream is given up for ZeroMQ (whose
+    # high-water mark then says "full" to the caller): a peer that stopped reading
+    # must not collect stale Raft traffic for the healed partition to replay
+    MAX_QUEUED = 16 << 20
 
     def __init__(
         self,
@@ -535,15 +564,15 @@ class Sender:
         self._socks: dict[str, zmq.Socket] = {}
         # framed TCP needs a loop to flush on, and no cluster key (DESIGN: CURVE then)
         self.server = server if server is not None and server.stream_port is not None else None
-        self._ports: dict[str, int] = {}  # endpoint -> the stream port its node told
+        self._ports: dict[str, tuple[int, bytes]] = {}  # endpoint -> port, token it told
         self._conns: dict[str, stream.Conn] = {}
         self._shunned: dict[str, float] = {}  # endpoint -> until when ZeroMQ carries it
 
-    def learn(self, endpoint: str, port: int) -> None:
+    def learn(self, endpoint: str, port: int, token: bytes) -> None:
         """``endpoint``'s node listens for streams on ``port`` (it said so)."""
-        if self.server is None or self._ports.get(endpoint) == port:
+        if self.server is None or self._ports.get(endpoint) == (port, token):
             return
-        self._ports[endpoint] = port
+        self._ports[endpoint] = (port, token)
         self._shunned.pop(endpoint, None)
         old = self._conns.pop(endpoint, None)  # to a previous incarnation of the node
         if old is not None:
@@ -573,16 +602,22 @@ class Sender:
         assert self.server is not None
         conn = self._conns.get(endpoint)
         if conn is not None:
+            if conn.connecting and time.monotonic() > conn.connect_by:
+                self.server.drop(conn)  # no answer to our SYN (a firewall drops them?)
             if not conn.closed:
                 return conn
             del self._conns[endpoint]  # it broke: ZeroMQ for a while
             self._shunned[endpoint] = time.monotonic() + self.SHUN
             return None
-        port, host = self._ports.get(endpoint), stream.tcp_host(endpoint)
-        if port is None or host is None or time.monotonic() < self._shunned.get(endpoint, 0):
+        known, host = self._ports.get(endpoint), stream.tcp_host(endpoint)
+        if (
+            known is None
+            or host in (None, "*")
+            or time.monotonic() < self._shunned.get(endpoint, 0)
+        ):
             return None
         try:
-            conn = stream.Conn.connect(host, port)
+            conn = stream.Conn.connect(host, known[0], known[1], self.MAX_QUEUED)
         except OSError as exc:
             log.info("no stream to %s (%s): ZeroMQ for now", endpoint, exc)
             self._shunned[endpoint] = time.monotonic() + self.SHUN
@@ -658,6 +693,17 @@ def _send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int, first: Any
 STREAM_CONNECT = 1.0  # seconds a stream connect may take before ZeroMQ is used instead
 STREAM_SHUN = 10.0  # seconds a server whose stream could not be opened is asked by ZeroMQ
 STREAM_RECHECK = 600.0  # seconds before a server is asked again for its stream port
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the server closed this idle connection (it restarted, say): then a
+    request written to it would be lost, while reopening first is safe."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _set_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -797,7 +843,8 @@ class RpcClient:
         self._direct_socks: list[zmq.Socket] = []  # per-thread sockets of blocking calls
         # framed TCP (dfs.stream) for blocking calls, never with a cluster key
         self._streams_ok = security is None and stream.enabled()
-        self._stream_ports: dict[str, tuple[int | None, float]] = {}  # endpoint -> port, until
+        # endpoint -> ((port, token) or None, until when that holds)
+        self._stream_ports: dict[str, tuple[tuple[int, bytes] | None, float]] = {}
         self._stream_socks: list[socket.socket] = []
         self._lanes: dict[tuple[str, str], _Lane] = {}  # (endpoint, lane) -> combining callers
         # requests sent through lanes, and the messages that carried them (a test
@@ -885,9 +932,9 @@ class RpcClient:
     def _exchange(self, endpoint: str, req_id: int, msg: list[Frame], timeout: float) -> Reply:
         """Send one message on this thread's connection to ``endpoint`` and wait for
         the reply to it: framed TCP where the server offers it, else ZeroMQ."""
-        port = self._stream_port(endpoint, timeout) if self._streams_ok else None
-        if port is not None:
-            reply = self._exchange_stream(endpoint, port, req_id, msg, timeout)
+        known = self._stream_port(endpoint, timeout) if self._streams_ok else None
+        if known is not None:
+            reply = self._exchange_stream(endpoint, known, req_id, msg, timeout)
             if reply is not None:
                 return reply
         return self._exchange_zmq(endpoint, req_id, msg, timeout)
@@ -935,14 +982,14 @@ class RpcClient:
 
     # ------------------------------------------------------------ framed TCP
 
-    def _stream_port(self, endpoint: str, timeout: float) -> int | None:
-        """The server's stream port (asked once with a ping, then remembered), or
-        None: it has none (a cluster key, an old server, not tcp://) or it failed
-        a moment ago."""
+    def _stream_port(self, endpoint: str, timeout: float) -> tuple[int, bytes] | None:
+        """The server's stream port and token (asked once with a ping, then
+        remembered), or None: it has none (a cluster key, an old server, a host
+        name) or it failed a moment ago."""
         known = self._stream_ports.get(endpoint)
         if known is not None and time.monotonic() < known[1]:
             return known[0]
-        if stream.tcp_host(endpoint) is None:
+        if stream.tcp_host(endpoint) in (None, "*"):
             self._stream_ports[endpoint] = (None, math.inf)
             return None
         try:
@@ -953,20 +1000,29 @@ class RpcClient:
             if exc.code == errors.TIMEOUT:
                 raise  # the server does not answer: the call itself would not get one
             fields = {}
-        port = fields.get("stream")
-        port = port if isinstance(port, int) and 0 < port < 65536 else None
-        self._stream_ports[endpoint] = (port, time.monotonic() + STREAM_RECHECK)
-        return port
+        port, token = fields.get("stream"), fields.get("token")
+        ok = isinstance(port, int) and 0 < port < 65536 and isinstance(token, str)
+        known = (port, token.encode()) if ok else None
+        self._stream_ports[endpoint] = (known, time.monotonic() + STREAM_RECHECK)
+        return known
 
     def _exchange_stream(
-        self, endpoint: str, port: int, req_id: int, msg: list[Frame], timeout: float
+        self,
+        endpoint: str,
+        known: tuple[int, bytes],
+        req_id: int,
+        msg: list[Frame],
+        timeout: float,
     ) -> Reply | None:
         """One exchange on this thread's stream to ``endpoint``; None when no stream
         could be opened (nothing was sent: the caller uses ZeroMQ instead)."""
         conns = self._local.get().setdefault("streams", {})
         got = conns.get(endpoint)
+        if got is not None and _hung_up(got[0]):  # the server restarted since: reopen
+            self._close_stream(conns, endpoint)
+            got = None
         if got is None:
-            got = self._open_stream(endpoint, port, timeout)
+            got = self._open_stream(endpoint, known, timeout)
             if got is None:
                 return None
             conns[endpoint] = got
@@ -976,9 +1032,9 @@ class RpcClient:
             if got[2] != timeout:
                 _set_timeouts(sock, timeout)
                 got[2] = timeout
-            stream.send_all(sock, stream.encode(msg))
+            stream.send_all(sock, stream.encode(msg), deadline)
             while True:
-                parts = stream.recv_message(sock, reader)
+                parts = stream.recv_message(sock, reader, deadline)
                 try:
                     reply = wire.decode_reply(parts)
                 except DfsError as exc:
@@ -1001,20 +1057,26 @@ class RpcClient:
             self._stream_ports.pop(endpoint, None)
             raise DfsError(errors.UNAVAILABLE, f"connection to {endpoint} lost: {exc}") from None
 
-    def _open_stream(self, endpoint: str, port: int, timeout: float) -> list[Any] | None:
+    def _open_stream(
+        self, endpoint: str, known: tuple[int, bytes], timeout: float
+    ) -> list[Any] | None:
+        """Connect and say HELLO (no answer awaited: a wrong server hangs up)."""
         host = stream.tcp_host(endpoint)
         assert host is not None
         try:
-            sock = socket.create_connection((host, port), timeout=min(timeout, STREAM_CONNECT))
+            addr = (host, known[0])
+            sock = socket.create_connection(addr, timeout=min(timeout, STREAM_CONNECT))
+            sock.settimeout(None)  # blocking; SO_RCVTIMEO/SO_SNDTIMEO bound each wait
+            stream.tune(sock)
+            _set_timeouts(sock, min(timeout, STREAM_CONNECT))
+            stream.send_all(sock, stream.encode(stream.hello(known[1])), math.inf)
         except OSError as exc:
             log.info("no stream to %s (%s): ZeroMQ for a while", endpoint, exc)
             self._stream_ports[endpoint] = (None, time.monotonic() + STREAM_SHUN)
             return None
-        sock.settimeout(None)  # blocking; SO_RCVTIMEO/SO_SNDTIMEO bound each wait
-        stream.tune(sock)
         with self._lock:
             self._stream_socks.append(sock)
-        return [sock, stream.Reader(), -1.0]
+        return [sock, stream.Reader(), min(timeout, STREAM_CONNECT)]
 
     def _close_stream(self, conns: dict[str, list[Any]], endpoint: str) -> None:
         got = conns.pop(endpoint, None)
@@ -1166,6 +1228,10 @@ class RpcClient:
                 sock.close(linger=0)
             self._direct_socks.clear()
             for s in self._stream_socks:
+                try:  # wakes a thread blocked in recv on it (close alone would not)
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 s.close()
             self._stream_socks.clear()
 

@@ -26,9 +26,12 @@ message: the msgpack header, then data frames).
 from __future__ import annotations
 
 import errno
+import ipaddress
+import math
 import os
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -41,10 +44,14 @@ MAX_PARTS = 1 + wire.MAX_FRAMES
 # a whole message: every data frame at its limit plus a header (a peer saying
 # more is cut off before anything is buffered)
 MAX_MESSAGE = wire.MAX_HEADER_BYTES + wire.MAX_FRAMES * wire.MAX_CHUNK_BYTES + 4 * MAX_PARTS
-RECV_BYTES = 256 << 10  # one recv of small messages
+RECV_BYTES = 64 << 10  # one recv of small messages (under glibc's mmap threshold)
 BIG = 64 << 10  # a message at least this big is read straight into its own buffer
+BIG_STEP = 1 << 20  # a big message's buffer grows as its bytes arrive, doubling from here
 MAX_QUEUED = 512 << 20  # bytes waiting to go out on one connection before it is dropped
 IOV_MAX = 64  # buffers per sendmsg
+USER_TIMEOUT_MS = 20_000  # unacknowledged data this long fails a connection
+CONNECT_DEADLINE = 0.5  # seconds a non-blocking connect may take before it is given up
+HELLO = b"dfs-stream-1"  # the first message on a connection: HELLO and the server's token
 
 
 class StreamError(Exception):
@@ -56,11 +63,22 @@ def enabled() -> bool:
 
 
 def tcp_host(endpoint: str) -> str | None:
-    """The host of a ``tcp://host:port`` endpoint (None for ipc/inproc)."""
+    """The IP address of a ``tcp://ip:port`` endpoint; None for ipc/inproc and for
+    host names (resolving one could block an event loop: those stay on ZeroMQ)."""
     if not endpoint.startswith("tcp://"):
         return None
-    host = endpoint[6:].rsplit(":", 1)[0]
-    return host.strip("[]") or None
+    host = endpoint[6:].rsplit(":", 1)[0].strip("[]")
+    if host == "*":
+        return host
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def new_token() -> bytes:
+    """A server's proof of identity on its stream port (ports are reused after a restart)."""
+    return os.urandom(8).hex().encode()
 
 
 def encode(frames: Sequence[Any]) -> list[Any]:
@@ -91,32 +109,33 @@ class Reader:
     """Cuts messages out of a byte stream. A big message (a chunk) is read straight
     into a buffer of its own size: no growing, no copy out of a shared buffer."""
 
-    __slots__ = ("big", "buf", "got", "nparts", "scratch")
+    __slots__ = ("big", "buf", "got", "nparts", "total")
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        # recv_into a buffer kept for good: recv(n) mallocs n bytes each call (an
-        # mmap and munmap for n over glibc's threshold)
-        self.scratch = memoryview(bytearray(RECV_BYTES))
         self.big: bytearray | None = None  # body of a big message being read
+        self.total = 0  # its length
         self.got = 0  # bytes of ``big`` read so far
         self.nparts = 0
 
     def read_from(self, sock: socket.socket) -> int:
         """One recv; the number of bytes read (0: the peer closed the connection).
         BlockingIOError / timeouts propagate."""
-        if self.big is not None:
-            n = sock.recv_into(memoryview(self.big)[self.got :])
+        big = self.big
+        if big is not None:
+            if self.got == len(big):  # grown with what arrives: a prefix alone costs little
+                big.extend(bytes(min(self.total, 2 * len(big)) - len(big)))
+            n = sock.recv_into(memoryview(big)[self.got :])
             self.got += n
             return n
-        n = sock.recv_into(self.scratch)
-        self.buf += self.scratch[:n]
-        return n
+        data = sock.recv(RECV_BYTES)
+        self.buf += data
+        return len(data)
 
     def pop(self) -> list[Any] | None:
         """The next whole message's parts, or None until more bytes arrive."""
         if self.big is not None:
-            if self.got < len(self.big):
+            if self.got < self.total:
                 return None
             body, self.big = self.big, None
             return _split(body, self.nparts)
@@ -132,20 +151,25 @@ class Reader:
             del buf[:end]
             return _split(body, nparts)
         if total >= BIG:  # the rest of it goes straight into its own buffer
-            self.big = bytearray(total)
             have = len(buf) - HEAD.size
+            self.big = bytearray(min(total, max(BIG_STEP, 2 * have)))
             self.big[:have] = buf[HEAD.size :]
-            self.got, self.nparts = have, nparts
+            self.total, self.got, self.nparts = total, have, nparts
             buf.clear()
         return None
 
 
-def send_all(sock: socket.socket, bufs: list[Any]) -> None:
-    """Write every buffer on a blocking socket (sendmsg may write part of them)."""
+def send_all(sock: socket.socket, bufs: list[Any], deadline: float) -> None:
+    """Write every buffer on a blocking socket (sendmsg may write part of them);
+    TimeoutError once ``deadline`` (time.monotonic) passes between writes."""
     views = [memoryview(b).cast("B") for b in bufs]
-    while views:
+    while True:
         n = sock.sendmsg(views[:IOV_MAX])
         views = _consume(views, n)
+        if not views:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError
 
 
 def _consume(views: list[memoryview], n: int) -> list[memoryview]:
@@ -160,19 +184,35 @@ def _consume(views: list[memoryview], n: int) -> list[memoryview]:
     return rest
 
 
-def recv_message(sock: socket.socket, reader: Reader) -> list[Any]:
-    """Block until one whole message is in (the socket's timeout applies)."""
+def recv_message(sock: socket.socket, reader: Reader, deadline: float = math.inf) -> list[Any]:
+    """Block until one whole message is in. The socket's own timeout bounds each
+    recv; ``deadline`` (time.monotonic) bounds them all: a peer that trickles a
+    reply byte by byte cannot stretch a call past it."""
     while True:
         msg = reader.pop()
         if msg is not None:
             return msg
+        if time.monotonic() >= deadline:
+            raise TimeoutError
         if reader.read_from(sock) == 0:
             raise StreamError("connection closed by the peer")
 
 
+def hello(token: bytes) -> list[bytes]:
+    """The first message a client sends: which server it means to talk to."""
+    return [HELLO, token]
+
+
 def tune(sock: socket.socket) -> None:
-    """Small messages go out at once (no Nagle delay waiting for an ack)."""
+    """Small messages go out at once (no Nagle delay waiting for an ack); a peer
+    that stops acknowledging fails the connection in USER_TIMEOUT, not TCP's
+    ~15 minutes of retries."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 class Conn:
@@ -180,21 +220,40 @@ class Conn:
     queue for what the socket would not take yet (the loop flushes it once the
     socket is writable). Used from the loop thread only."""
 
-    __slots__ = ("closed", "connecting", "out", "queued", "reader", "sock", "watching_out")
+    __slots__ = (
+        "closed",
+        "connect_by",
+        "connecting",
+        "greeted",
+        "max_queued",
+        "out",
+        "outbound",
+        "queued",
+        "reader",
+        "sock",
+        "watching_out",
+    )
 
-    def __init__(self, sock: socket.socket, connecting: bool = False) -> None:
+    def __init__(
+        self, sock: socket.socket, *, outbound: bool = False, max_queued: int = MAX_QUEUED
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.reader = Reader()
         self.out: deque[memoryview] = deque()
         self.queued = 0
-        self.connecting = connecting  # a non-blocking connect not finished yet
+        self.max_queued = max_queued
+        self.outbound = outbound  # we opened it to send (Raft): what comes back is ignored
+        self.greeted = outbound  # an inbound one must say HELLO and our token first
+        self.connecting = False  # a non-blocking connect not finished yet
+        self.connect_by = math.inf  # ... and when it is given up
         self.closed = False
         self.watching_out = False  # the loop polls for writability on our behalf
 
     @classmethod
-    def connect(cls, host: str, port: int) -> Conn:
-        """Start connecting without blocking: what is sent meanwhile queues."""
+    def connect(cls, host: str, port: int, token: bytes, max_queued: int) -> Conn:
+        """Start connecting without blocking (``host`` is an IP address): what is
+        sent meanwhile queues, after the HELLO that names the server meant."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         tune(sock)
@@ -203,7 +262,12 @@ class Conn:
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             raise OSError(err, os.strerror(err))
-        return cls(sock, connecting=err != 0)
+        conn = cls(sock, outbound=True, max_queued=max_queued)
+        if err:
+            conn.connecting = True
+            conn.connect_by = time.monotonic() + CONNECT_DEADLINE
+        conn.send(hello(token))
+        return conn
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -220,9 +284,11 @@ class Conn:
             view = memoryview(b).cast("B")
             self.out.append(view)
             self.queued += view.nbytes
-        if self.queued > MAX_QUEUED:
+        if self.queued > self.max_queued:
             self.close()
-            raise StreamError(f"over {MAX_QUEUED >> 20} MiB queued for a peer that does not read")
+            raise StreamError(
+                f"over {self.max_queued >> 20} MiB queued for a peer that does not read"
+            )
         if not self.connecting:
             self.flush()
 
@@ -289,10 +355,10 @@ class Conn:
 
 
 def listen(endpoint: str) -> socket.socket | None:
-    """A listening socket on the host of a ZeroMQ tcp endpoint, on a free port."""
+    """A listening socket on the address of a ZeroMQ tcp endpoint, on a free port."""
     host = tcp_host(endpoint)
-    if host is None or host == "*":
-        host = "0.0.0.0" if host == "*" else None
+    if host == "*":
+        host = "0.0.0.0"
     if host is None:
         return None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -337,9 +337,9 @@ _METADATA_OPS = [
     Op("raft.status", {}, doc="this member's Raft role, term, commit and applied index"),
     Op(
         "raft.msg",
-        {"from": req(INT), "msgs": req(LIST), "ep": opt(ENDPOINT), "sp": opt(PORT)},
+        {"from": req(INT), "msgs": req(LIST), "ep": opt(ENDPOINT), "sp": opt(PORT), "st": opt(STR)},
         doc="Raft messages between peers (ep: the sender's endpoint, for a node that joins;"
-        " sp: its framed-TCP port, see dfs.stream)",
+        " sp, st: its framed-TCP port and token, see dfs.stream)",
         oneway=True,
     ),
 ]

@@ -39,6 +39,10 @@ class _Pipe:
         self.data = self.data[n:]
         return n
 
+    def recv(self, size: int) -> bytes:
+        out, self.data = self.data[: min(size, self.step)], self.data[min(size, self.step) :]
+        return out
+
 
 # ---------------------------------------------------------------- framing
 
@@ -71,6 +75,22 @@ def test_reader_refuses_a_bad_prefix(prefix: bytes) -> None:
     reader.read_from(_Pipe(prefix + bytes(64), 1 << 20))  # type: ignore[arg-type]
     with pytest.raises(stream.StreamError):
         reader.pop()
+
+
+def test_a_promised_big_message_costs_only_what_arrives() -> None:
+    """A prefix saying 256 MiB then silence must not make the reader allocate it."""
+    reader = stream.Reader()
+    reader.read_from(_Pipe(stream.HEAD.pack(stream.MAX_MESSAGE, 1) + bytes(100), 1 << 20))  # type: ignore[arg-type]
+    assert reader.pop() is None
+    assert reader.big is not None and len(reader.big) <= stream.BIG_STEP
+    payload = os.urandom(5 * stream.BIG_STEP)
+    body = struct.pack("<I", len(payload)) + payload
+    reader = stream.Reader()
+    pipe = _Pipe(stream.HEAD.pack(len(body), 1) + body, 300_000)
+    while pipe.data:
+        reader.read_from(pipe)  # type: ignore[arg-type]
+        assert reader.big is None or len(reader.big) <= 2 * max(reader.got, stream.BIG_STEP)
+    assert reader.pop() == [payload]
 
 
 def test_reader_refuses_part_lengths_that_do_not_add_up() -> None:
@@ -135,8 +155,11 @@ def test_stream_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
         s.stop()
 
 
-def _raw(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def _raw(server: rpc.RpcServer, greet: bool = True) -> socket.socket:
+    assert server.stream_port is not None
+    sock = socket.create_connection(("127.0.0.1", server.stream_port), timeout=5)
+    if greet:
+        sock.sendall(_message(*stream.hello(server.stream_token)))
     return sock
 
 
@@ -155,7 +178,7 @@ def test_garbage_on_the_port_drops_that_connection_only(server: rpc.RpcServer) -
             b"\xff" * 64,  # a prefix far over every limit
             stream.HEAD.pack(stream.MAX_MESSAGE, 1),  # promises 256 MiB, sends nothing more
         ):
-            bad = _raw(server.stream_port)
+            bad = _raw(server)
             bad.sendall(junk)
             if junk.startswith(b"\xff"):
                 assert _closed_by_peer(bad)
@@ -165,7 +188,7 @@ def test_garbage_on_the_port_drops_that_connection_only(server: rpc.RpcServer) -
 
 def test_bad_header_on_the_stream_gets_a_clear_error(server: rpc.RpcServer) -> None:
     assert server.stream_port is not None
-    sock = _raw(server.stream_port)
+    sock = _raw(server)
     try:
         header = msgpack.packb({"v": wire.PROTOCOL_VERSION, "id": 7, "op": "no.such.op"})
         sock.sendall(_message(header))
@@ -176,6 +199,104 @@ def test_bad_header_on_the_stream_gets_a_clear_error(server: rpc.RpcServer) -> N
         assert reply.error is not None and reply.error.code == errors.BAD_MESSAGE
     finally:
         sock.close()
+
+
+def test_a_connection_without_the_servers_token_is_dropped(server: rpc.RpcServer) -> None:
+    """A client that still has the port of a server that restarted (maybe now
+    another server's) must not be served by whoever listens there now."""
+    ping = wire.encode_request(1, "ping", {})
+    for first in ([stream.HELLO, b"0123456789abcdef"], ping):  # wrong token; no HELLO
+        sock = _raw(server, greet=False)
+        try:
+            sock.sendall(_message(*first) + _message(*ping))
+            assert _closed_by_peer(sock)
+        finally:
+            sock.close()
+    sock = _raw(server)
+    try:
+        sock.sendall(_message(*ping))
+        assert wire.decode_reply(stream.recv_message(sock, stream.Reader())).fields["pid"]
+    finally:
+        sock.close()
+
+
+def test_what_comes_back_on_a_senders_stream_is_not_served() -> None:
+    """A Sender's connection carries one-way messages out; an error reply that comes
+    back on it must not be taken for a request (two servers would bounce errors
+    back and forth forever)."""
+    a = rpc.RpcServer("tcp://127.0.0.1:0", name="a").start()
+    b = rpc.RpcServer("tcp://127.0.0.1:0", name="b").start()
+    served = {"a": 0, "b": 0}
+    for name, srv in (("a", a), ("b", b)):
+        real = srv._dispatch
+
+        def counting(peer: object, parts: list, real=real, name=name) -> None:
+            served[name] += 1
+            real(peer, parts)
+
+        srv._dispatch = counting  # type: ignore[method-assign]
+    try:
+        sender = rpc.Sender(server=a)
+        assert b.stream_port is not None
+        a.call_soon(lambda: sender.learn(b.endpoint, b.stream_port, b.stream_token))
+        # b serves no raft.msg: it answers each with an UNKNOWN_OP error
+        for _ in range(3):
+            a.call_soon(lambda: sender.send(b.endpoint, "raft.msg", {"from": 1, "msgs": []}))
+        deadline = time.monotonic() + 5
+        while served["b"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.call_soon(lambda: None) is None
+        time.sleep(0.5)
+        assert served == {"a": 0, "b": 3}
+        assert sender.transport(b.endpoint) == "stream"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_trickling_server_cannot_stretch_a_call_past_its_timeout() -> None:
+    """The call's timeout bounds the whole reply, not each recv: a peer that sends
+    one byte at a time (a broken or hostile server) still times out on time."""
+    import threading
+
+    import zmq
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+    stop = threading.Event()
+
+    def fake() -> None:  # answers ping on ZeroMQ, then trickles on the stream
+        peer, header = router.recv_multipart()
+        req = wire.decode_request([header])
+        reply = wire.encode_reply(
+            req.id, {"service": "x", "pid": 1, "stream": listener.getsockname()[1], "token": "t"}
+        )
+        router.send_multipart([peer, *reply])
+        conn, _ = listener.accept()
+        data = _message(wire.encode_reply(2, {"pad": "x" * 100_000})[0])
+        for b in data:
+            if stop.is_set():
+                break
+            conn.sendall(bytes([b]))
+            time.sleep(0.01)
+        conn.close()
+
+    t = threading.Thread(target=fake, daemon=True)
+    t.start()
+    try:
+        with rpc.RpcClient(timeout=1.0) as c:
+            t0 = time.monotonic()
+            with pytest.raises(DfsError) as err:
+                c.call(endpoint, "ping")
+            assert err.value.code == errors.TIMEOUT
+            assert time.monotonic() - t0 < 3
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        router.close(linger=0)
+        listener.close()
 
 
 def test_client_finds_a_restarted_server_again() -> None:
@@ -190,13 +311,9 @@ def test_client_finds_a_restarted_server_again() -> None:
         s = rpc.RpcServer(endpoint, name="two").start()  # same endpoint, a new stream port
         try:
             assert s.stream_port != first
-            answers = []
-            for _ in range(3):  # the old connection fails once, then the new port is asked
-                try:
-                    answers.append(c.call(endpoint, "ping").fields["service"])
-                except DfsError as exc:
-                    assert exc.code in (errors.UNAVAILABLE, errors.TIMEOUT)
-            assert answers[-1] == "two"
+            # the old connection is seen hung up before anything is sent on it
+            assert c.call(endpoint, "ping").fields["service"] == "two"
+            assert c.call(endpoint, "ping").fields["stream"] == s.stream_port
         finally:
             s.stop()
 

@@ -178,9 +178,9 @@ class RaftDriver:
         ep, frm = call.fields.get("ep"), call.fields["from"]
         if ep is not None and self.learned.get(frm) != ep:
             self.learned[frm] = ep  # a node that joins learns its leader's address here
-        sp, src = call.fields.get("sp"), ep or self.endpoint_of(frm)
-        if sp is not None and src is not None:
-            self.sender.learn(src, sp)  # framed TCP to that node from now on
+        sp, st, src = call.fields.get("sp"), call.fields.get("st"), ep or self.endpoint_of(frm)
+        if sp is not None and st is not None and src is not None:
+            self.sender.learn(src, sp, st.encode())  # framed TCP to that node from now on
         for m in call.fields["msgs"]:
             try:
                 msg = Message.from_wire(m)
@@ -402,6 +402,7 @@ class RaftDriver:
                     fields["ep"] = me
                 if self.server.stream_port is not None:
                     fields["sp"] = self.server.stream_port
+                    fields["st"] = self.server.stream_token.decode()
                 self.sender.send(ep, "raft.msg", fields)
 
     def _apply(self, entry: Any) -> None:
