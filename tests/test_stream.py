@@ -311,7 +311,8 @@ def test_client_finds_a_restarted_server_again() -> None:
         s = rpc.RpcServer(endpoint, name="two").start()  # same endpoint, a new stream port
         try:
             assert s.stream_port != first
-            # the old connection is seen hung up before anything is sent on it
+            # the old connection, idle since, is seen hung up before anything is sent
+            time.sleep(rpc.STREAM_IDLE + 0.1)
             assert c.call(endpoint, "ping").fields["service"] == "two"
             assert c.call(endpoint, "ping").fields["stream"] == s.stream_port
         finally:
