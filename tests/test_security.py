@@ -49,5 +49,13 @@ def test_cluster_with_a_key(tmp_path: Path) -> None:
                 with pytest.raises(DfsError) as exc:
                     rpc.call(p.endpoint, "ping")
                 assert exc.value.code == "TIMEOUT"
+        # no plain stream port anywhere: Raft between the nodes stays on CURVE too
+        with RpcClient(security=cluster.security(), timeout=5.0) as rpc:
+            for p in cluster.chunkservers + cluster.metadata:
+                assert "stream" not in rpc.call(p.endpoint, "ping").fields
+            for p in cluster.metadata:
+                links = rpc.call(p.endpoint, "md.node_status").fields["transport"]
+                assert set(links.values()) == {"zmq"}, links
+            assert not rpc._stream_socks
     finally:
         cluster.stop()

@@ -155,17 +155,20 @@ def _print_status(st: dict[str, Any]) -> None:
     t = Table(title="metadata nodes")
     voters = st.get("voters") or {}
     t.title = f"metadata nodes (voters: {', '.join(sorted(voters, key=int)) or '-'})"
-    for col in ("id", "endpoint", "role", "voter", "term", "commit", "applied", "lag"):
+    cols = ("id", "endpoint", "role", "voter", "term", "commit", "applied", "lag", "to peers")
+    for col in cols:
         t.add_column(
             col, justify="right" if col in ("term", "commit", "applied", "lag") else "left"
         )
     for n in st.get("metadata_nodes", []):
+        links = n.get("transport") or {}  # peer id -> "stream" / "zmq"
         t.add_row(
             str(n.get("id", "-")),
             n.get("endpoint", "-").removeprefix("tcp://"),
             n.get("role", "-"),
             "yes" if str(n.get("id")) in voters else "no",
             *(str(n.get(k, "-")) for k in ("term", "commit", "applied", "lag")),
+            " ".join(f"{p}:{links[p]}" for p in sorted(links, key=int)) or "-",
         )
     con.print(t)
 
