@@ -46,7 +46,10 @@ MAX_PARTS = 1 + wire.MAX_FRAMES
 MAX_MESSAGE = wire.MAX_HEADER_BYTES + wire.MAX_FRAMES * wire.MAX_CHUNK_BYTES + 4 * MAX_PARTS
 RECV_BYTES = 64 << 10  # one recv of small messages (under glibc's mmap threshold)
 BIG = 64 << 10  # a message at least this big is read straight into its own buffer
-BIG_STEP = 1 << 20  # a big message's buffer grows as its bytes arrive, doubling from here
+# a big message's buffer is allocated whole up to this size (a chunk and its
+# header: no regrowth on the data path), and beyond it grows as bytes arrive,
+# doubling: a prefix that promises 256 MiB and sends nothing costs this much
+BIG_STEP = 8 << 20
 MAX_QUEUED = 512 << 20  # bytes waiting to go out on one connection before it is dropped
 IOV_MAX = 64  # buffers per sendmsg
 USER_TIMEOUT_MS = 20_000  # unacknowledged data this long fails a connection
