@@ -223,6 +223,9 @@ def zmq_floor(clients: int, seconds: float, procs: int = 4) -> float:
     return total / seconds
 
 
+OPS = ("create", "stat", "rename")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0)
@@ -241,6 +244,9 @@ def main() -> None:
         help="also time bare pyzmq round trips in the same client shape (the ceiling)",
     )
     a = p.parse_args()
+    unknown = set(a.ops.split(",")) - set(OPS)
+    if unknown:
+        p.error(f"unknown --ops {', '.join(sorted(unknown))} (choose from {', '.join(OPS)})")
     results = []
     with tempfile.TemporaryDirectory(prefix="dfs-bench-md-") as tmp:
         cluster = LocalCluster(Path(tmp), 3, 0)
