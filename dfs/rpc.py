@@ -849,6 +849,7 @@ class RpcClient:
         # endpoint -> ((port, token) or None, until when that holds)
         self._stream_ports: dict[str, tuple[tuple[int, bytes] | None, float]] = {}
         self._stream_socks: list[socket.socket] = []
+        self._stream_fails: dict[str, int] = {}  # endpoint -> failed stream opens in a row
         self._lanes: dict[tuple[str, str], _Lane] = {}  # (endpoint, lane) -> combining callers
         # requests sent through lanes, and the messages that carried them (a test
         # or benchmark reads how much combining happened)
@@ -1068,6 +1069,7 @@ class RpcClient:
         """Connect and say HELLO (no answer awaited: a wrong server hangs up)."""
         host = stream.tcp_host(endpoint)
         assert host is not None
+        sock: socket.socket | None = None
         try:
             addr = (host, known[0])
             sock = socket.create_connection(addr, timeout=min(timeout, STREAM_CONNECT))
@@ -1076,9 +1078,16 @@ class RpcClient:
             _set_timeouts(sock, min(timeout, STREAM_CONNECT))
             stream.send_all(sock, stream.encode(stream.hello(known[1])), math.inf)
         except OSError as exc:
-            log.info("no stream to %s (%s): ZeroMQ for a while", endpoint, exc)
-            self._stream_ports[endpoint] = (None, time.monotonic() + STREAM_SHUN)
+            if sock is not None:
+                sock.close()
+            # ZeroMQ for a while, twice as long after each failure in a row (a port a
+            # firewall drops would otherwise cost a connect timeout every time)
+            fails = self._stream_fails[endpoint] = self._stream_fails.get(endpoint, 0) + 1
+            shun = min(STREAM_RECHECK, STREAM_SHUN * 2 ** (fails - 1))
+            log.info("no stream to %s (%s): ZeroMQ for %.0f s", endpoint, exc, shun)
+            self._stream_ports[endpoint] = (None, time.monotonic() + shun)
             return None
+        self._stream_fails.pop(endpoint, None)
         with self._lock:
             self._stream_socks.append(sock)
         # socket, reader, the timeout its options hold, when it was last used
