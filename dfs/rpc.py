@@ -58,6 +58,7 @@ DEFERRED = object()  # a handler's return value meaning "I will respond later"
 # through the enum machinery, so the hot paths use plain ints
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _RCVMORE, _RCVTIMEO = int(zmq.RCVMORE), int(zmq.RCVTIMEO)
+_POLLIN, _POLLOUT, _POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 # (a drain ends on zmq.Again, ~4 us; asking EVENTS before each recv costs 2 us
 # per message, more under load, when a drain reads many)
 
@@ -448,10 +449,10 @@ class RpcServer:
         if conn is None:
             return
         try:
-            if events & zmq.POLLOUT:
+            if events & _POLLOUT:
                 conn.flush()
                 self._watch(conn)
-            if events & (zmq.POLLIN | zmq.POLLERR) and not conn.closed:
+            if events & (_POLLIN | _POLLERR) and not conn.closed:
                 for parts in conn.read():
                     if conn.outbound:
                         continue  # ours, to send on: no peer has anything to ask on it
@@ -492,7 +493,7 @@ class RpcServer:
         assert self._poller is not None and self.on_loop()
         self._conns[conn.fileno()] = conn
         conn.watching_out = conn.wants_write
-        self._poller.register(conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if conn.wants_write else 0))
+        self._poller.register(conn.fileno(), _POLLIN | (_POLLOUT if conn.wants_write else 0))
 
     def stream_send(self, conn: stream.Conn, frames: Sequence[Any]) -> bool:
         """Send on a stream connection from the loop; False once it is closed."""
@@ -516,7 +517,7 @@ class RpcServer:
         """Poll for writability exactly while bytes wait (or a connect is underway)."""
         want = conn.wants_write
         if want != conn.watching_out and not conn.closed and self._poller is not None:
-            self._poller.register(conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if want else 0))
+            self._poller.register(conn.fileno(), _POLLIN | (_POLLOUT if want else 0))
             conn.watching_out = want
 
     def drop(self, conn: stream.Conn) -> None:
