@@ -699,6 +699,17 @@ STREAM_RECHECK = 600.0  # seconds before a server is asked again for its stream 
 STREAM_IDLE = 0.5
 
 
+def _reply_to(req_id: int, parts: list[Frame]) -> Reply | None:
+    """The reply in ``parts`` if it answers ``req_id``; None for a late reply to an
+    earlier call that timed out, or an undecodable one (logged)."""
+    try:
+        reply = wire.decode_reply(parts)
+    except DfsError as exc:
+        log.warning("dropped an undecodable reply: %s", exc.message)
+        return None
+    return reply if reply.id == req_id else None
+
+
 def _hung_up(sock: socket.socket) -> bool:
     """Whether the server closed this idle connection (it restarted, say): then a
     request written to it would be lost, while reopening first is safe."""
@@ -968,12 +979,8 @@ class RpcClient:
                 raise DfsError(errors.TIMEOUT, f"no reply from {endpoint}") from None
             if sock.getsockopt(_RCVMORE):
                 parts.extend(_recv_rest_data(sock))
-            try:
-                reply = wire.decode_reply(parts)
-            except DfsError as exc:
-                log.warning("dropped an undecodable reply: %s", exc.message)
-                reply = None
-            if reply is not None and reply.id == req_id:
+            reply = _reply_to(req_id, parts)
+            if reply is not None:
                 return reply
             # a late reply to an earlier call that timed out: wait for ours
             left = deadline - time.monotonic()
@@ -1041,13 +1048,8 @@ class RpcClient:
                 got[2] = timeout
             stream.send_all(sock, stream.encode(msg), deadline)
             while True:
-                parts = stream.recv_message(sock, reader, deadline)
-                try:
-                    reply = wire.decode_reply(parts)
-                except DfsError as exc:
-                    log.warning("dropped an undecodable reply: %s", exc.message)
-                    reply = None
-                if reply is not None and reply.id == req_id:
+                reply = _reply_to(req_id, stream.recv_message(sock, reader, deadline))
+                if reply is not None:
                     return reply
                 # a late reply to an earlier call that timed out: wait for ours
                 left = deadline - time.monotonic()
