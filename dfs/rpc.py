@@ -1,4 +1,4 @@
-"""ZeroMQ RPC: a ROUTER server with an event loop, and DEALER clients.
+"""RPC: a ROUTER server with an event loop, and DEALER clients; framed TCP beside.
 
 Server: one loop thread owns the ROUTER socket. Handlers run on the loop
 unless registered as ``blocking`` (disk, hashing): those go to a thread pool,
@@ -21,6 +21,11 @@ once. ``call_async`` hands requests to
 one I/O thread that owns a DEALER per endpoint, so many requests are in
 flight on one connection, each with a Future. Chunk data goes out with
 zero-copy sends. ``Sender`` sends one-way messages (Raft) from a loop.
+
+Framed TCP (dfs/stream.py): without a cluster key the server also listens on a
+plain TCP port, served by the same loop; blocking calls and ``Sender`` use it
+once the server has told its port (``ping``, ``raft.msg``), and fall back to
+ZeroMQ whenever it cannot be opened. ``call_async`` stays on ZeroMQ.
 """
 
 from __future__ import annotations
@@ -1032,8 +1037,11 @@ class RpcClient:
         got = conns.get(endpoint)
         now = time.monotonic()
         if got is not None and now - got[3] > STREAM_IDLE and _hung_up(got[0]):
-            self._close_stream(conns, endpoint)  # the server restarted meanwhile: reopen
-            got = None
+            # the server restarted meanwhile, likely on another port: this call goes by
+            # ZeroMQ, the next one asks for the port again
+            self._close_stream(conns, endpoint)
+            self._stream_ports.pop(endpoint, None)
+            return None
         if got is None:
             got = self._open_stream(endpoint, known, timeout)
             if got is None:
