@@ -1,11 +1,11 @@
 """Framed TCP: dfs.rpc's messages on a plain TCP connection, without ZeroMQ.
 
-Why: on this machine a small request and its reply take 31 us over loopback
-on a plain socket and cost the caller 17 us of CPU; over a ZeroMQ DEALER and
-ROUTER they take 102 us and 45 us, because libzmq's I/O thread hands every
-message between threads on both sides (``python -m tools.bench_rpc``). A Raft
-commit crosses four such hops and a stat two, on two cores shared by every
-process of a local cluster.
+Why: on this machine a bare Python ping-pong over loopback takes 31 us on a
+plain socket (17 us of the caller's CPU) and 102 us over a ZeroMQ DEALER and
+ROUTER (45 us), because libzmq's I/O thread hands every message between
+threads on both sides. Through our whole RPC stack: 106 us against 143-159
+(``python -m tools.bench_rpc``). A Raft commit crosses four such hops and a
+stat two, on two cores shared by every process of a local cluster.
 
 When: only for a cluster without a cluster key. With a key, DESIGN.md's
 security contract puts every socket on CURVE, so a keyed server opens no
