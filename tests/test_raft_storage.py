@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from metadata.raft.messages import Entry, HardState, Snapshot
-from metadata.raft.storage import RaftStorage
+from metadata.raft.storage import PREFILL_BYTES, RaftStorage
 
 
 def ents(lo: int, hi: int, term: int = 1) -> list[Entry]:
@@ -37,15 +39,54 @@ def test_conflicting_suffix_is_replaced(tmp_path: Path) -> None:
     ]
 
 
-def test_torn_tail_is_cut(tmp_path: Path) -> None:
+def test_records_are_written_over_zeros_and_restart_continues_after_them(
+    tmp_path: Path,
+) -> None:
+    s = RaftStorage(tmp_path)
+    s.load()
+    s.save(HardState(1, 1, 0), ents(1, 5), None)
+    end = s._size
+    s.close()
+    wal = next(tmp_path.glob("wal-*.log"))
+    raw = wal.read_bytes()
+    assert len(raw) >= PREFILL_BYTES and not any(raw[end:])  # zero-filled ahead
+    s2 = RaftStorage(tmp_path)
+    assert [e.index for e in s2.load().entries] == [1, 2, 3, 4, 5]
+    assert s2.cut_bytes == 0  # zeros are the end of the log, not damage
+    s2.save(None, ents(6, 9), None)  # written where the records ended, not after the zeros
+    s2.close()
+    assert [e.index for e in RaftStorage(tmp_path).load().entries] == list(range(1, 10))
+    assert wal.stat().st_size == len(raw)  # no growth: the zeros took the records
+
+
+def test_garbage_after_the_zeros_is_cut(tmp_path: Path) -> None:
+    s = RaftStorage(tmp_path)
+    s.load()
+    s.save(HardState(1, 1, 0), ents(1, 3), None)
+    s.close()
+    wal = next(tmp_path.glob("wal-*.log"))
+    with open(wal, "ab") as f:
+        f.write(b"junk")
+    s2 = RaftStorage(tmp_path)
+    assert [e.index for e in s2.load().entries] == [1, 2, 3]
+    assert s2.cut_bytes > 0
+
+
+@pytest.mark.parametrize("how", ["zeros", "short file"])
+def test_torn_tail_is_cut(tmp_path: Path, how: str) -> None:
     s = RaftStorage(tmp_path)
     s.load()
     s.save(HardState(1, 1, 0), ents(1, 5), None)
     s.save(None, ents(6, 6), None)
+    end = s._size
     s.close()
     wal = next(tmp_path.glob("wal-*.log"))
-    raw = wal.read_bytes()
-    wal.write_bytes(raw[:-3])  # a crash mid-record
+    raw = bytearray(wal.read_bytes())
+    if how == "zeros":  # a crash mid-record: its last bytes never left the zeros
+        raw[end - 3 : end] = bytes(3)
+        wal.write_bytes(bytes(raw))
+    else:  # a file that ends mid-record (a WAL written without zeros ahead)
+        wal.write_bytes(bytes(raw[: end - 3]))
     s2 = RaftStorage(tmp_path)
     st = s2.load()
     assert [e.index for e in st.entries] == [1, 2, 3, 4, 5]
@@ -59,7 +100,7 @@ def test_corrupt_record_is_cut(tmp_path: Path) -> None:
     s = RaftStorage(tmp_path)
     s.load()
     s.save(HardState(1, 1, 0), ents(1, 3), None)
-    size_after_3 = next(tmp_path.glob("wal-*.log")).stat().st_size
+    size_after_3 = s._size
     s.save(None, ents(4, 6), None)
     s.close()
     wal = next(tmp_path.glob("wal-*.log"))
@@ -134,8 +175,6 @@ def test_local_snapshot_file_without_marker_keeps_the_log(tmp_path: Path) -> Non
 
 
 def test_damage_in_an_older_segment_is_an_error(tmp_path: Path) -> None:
-    import pytest
-
     from metadata.raft.storage import StorageCorrupt
 
     s = RaftStorage(tmp_path, segment_bytes=200)

@@ -8,6 +8,12 @@ order with ``PersistentState.apply_save`` semantics: an entry at an index we
 already hold truncates the suffix from there, so a conflicting suffix never
 needs rewriting.
 
+Segments are zero-filled ahead of the records (PREFILL_BYTES at a time) and
+records are written over the zeros: an fdatasync then flushes data blocks only,
+with no journal commit for a grown file size (ext4 here: 93 us instead of 154
+alone, 224 instead of 395 with three nodes syncing on one disk: the fsync is on
+every commit's critical path). A zero length field ends a segment's records.
+
 On open, a torn or corrupt tail (a crash mid-write) of the last segment is
 detected by its length or checksum and cut off; everything before it
 survives. A bad record in an older segment is not a torn write (segments are
@@ -37,6 +43,7 @@ log = logging.getLogger("dfs.raft.storage")
 _REC = struct.Struct("<IQ")  # body length, xxh3_64(body)
 _SNAP_MAGIC = b"DFSSNAP1"
 SEGMENT_BYTES = 64 << 20
+PREFILL_BYTES = 4 << 20  # zeros written ahead of the records at a time
 _HS, _ENT, _SNAPMARK = 0, 1, 2
 
 
@@ -51,10 +58,11 @@ class StorageCorrupt(RuntimeError):
     """The WAL is damaged somewhere other than its tail."""
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class RaftStorage:
@@ -66,7 +74,9 @@ class RaftStorage:
         self.segment_bytes = segment_bytes
         self.segments: list[_Segment] = []
         self._fd: int | None = None
-        self._size = 0
+        self._size = 0  # where the next record goes in the tail segment
+        self._zeroed = 0  # the tail is zero-filled (or written) up to here
+        self._tail_end: int | None = None  # replay: where the tail's records end
         self.state = PersistentState()
         self.cut_bytes = 0  # bytes of torn/corrupt tail removed at open
         self._loaded = False
@@ -119,8 +129,14 @@ class RaftStorage:
         off = 0
         while off < len(data):
             if off + _REC.size > len(data):
+                if not any(data[off:]):
+                    break  # zero-filled ahead of the records: the end
                 return self._cut(seg, off, len(data), "torn record header", last)
             n, check = _REC.unpack_from(data, off)
+            if n == 0:  # no record is empty: the zeros written ahead of the records
+                if not any(data[off:]):
+                    break
+                return self._cut(seg, off, len(data), "zero-length record", last)
             body = data[off + _REC.size : off + _REC.size + n]
             if len(body) < n:
                 return self._cut(seg, off, len(data), "torn record", last)
@@ -139,6 +155,7 @@ class RaftStorage:
             if rec[0] in (_ENT, _SNAPMARK) and rec[1] == self._snap_index:
                 self._term_at_snap = rec[2]
             off += _REC.size + n
+        self._tail_end = off
         return True
 
     def _cut(self, seg: _Segment, off: int, size: int, why: str, last: bool = True) -> bool:
@@ -155,6 +172,7 @@ class RaftStorage:
             f.truncate(off)
             f.flush()
             os.fsync(f.fileno())
+        self._tail_end = off
         return False
 
     @staticmethod
@@ -233,12 +251,7 @@ class RaftStorage:
         for e in entries:
             records.append(self._record([_ENT, e.index, e.term, int(e.type), e.data]))
         if records:
-            buf = b"".join(records)
-            assert self._fd is not None
-            _write_all(self._fd, buf)
-            if sync:
-                os.fdatasync(self._fd)
-            self._size += len(buf)
+            self._append(b"".join(records), sync)
             if entries:
                 self.segments[-1].last = max(self.segments[-1].last, entries[-1].index)
         if installed and snapshot is not None:
@@ -290,38 +303,48 @@ class RaftStorage:
         if not old:
             return
         hs = self.state.hard_state
-        rec = self._record([_HS, hs.term, hs.vote, hs.commit])
-        assert self._fd is not None
-        _write_all(self._fd, rec)
-        os.fdatasync(self._fd)
-        self._size += len(rec)
+        self._append(self._record([_HS, hs.term, hs.vote, hs.commit]), sync=True)
         for seg in old:
             seg.path.unlink(missing_ok=True)
             self.segments.remove(seg)
         fsync_dir(self.root)
 
+    def _append(self, buf: bytes, sync: bool) -> None:
+        """Write records at the tail's end, over zeros written ahead of them."""
+        assert self._fd is not None
+        end = self._size + len(buf)
+        if end > self._zeroed:  # the one write that grows the file (and its journal)
+            grow = max(end, self._zeroed + PREFILL_BYTES) - self._zeroed
+            _pwrite_all(self._fd, bytes(grow), self._zeroed)
+            self._zeroed += grow
+        _pwrite_all(self._fd, buf, self._size)
+        if sync:
+            os.fdatasync(self._fd)
+        self._size = end
+
     def _open_tail(self) -> None:
         if not self.segments:
             self.segments.append(_Segment(self.root / f"wal-{1:08d}.log", 1))
+            self._tail_end = 0
         tail = self.segments[-1]
-        self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._zeroed = os.fstat(self._fd).st_size
+        self._size = self._zeroed if self._tail_end is None else self._tail_end
         fsync_dir(self.root)
 
     def _roll(self) -> None:
         """Start a new segment; the current hard state is repeated in it."""
         if self._fd is not None:
             os.fdatasync(self._fd)  # unsynced records (a commit index) must not tear mid-log
+            os.ftruncate(self._fd, self._size)  # its zeros go (kept, replay would skip them)
             os.close(self._fd)
         seq = self.segments[-1].seq + 1
         seg = _Segment(self.root / f"wal-{seq:08d}.log", seq)
         self.segments.append(seg)
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = 0
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._size = self._zeroed = 0
         hs = self.state.hard_state
-        rec = self._record([_HS, hs.term, hs.vote, hs.commit])
-        _write_all(self._fd, rec)
-        self._size += len(rec)
+        self._append(self._record([_HS, hs.term, hs.vote, hs.commit]), sync=False)
         fsync_dir(self.root)
 
     def close(self) -> None:
