@@ -633,9 +633,12 @@ class Sender:
         return conn
 
     def transport(self, endpoint: str) -> str:
-        """What carries messages to ``endpoint`` now: "stream" or "zmq"."""
+        """What carries messages to ``endpoint`` now: "stream", "zmq", or "none"
+        (nothing sent to it yet: a follower only talks to its leader)."""
         conn = self._conns.get(endpoint)
-        return "stream" if conn is not None and not conn.closed else "zmq"
+        if conn is not None and not conn.closed:
+            return "stream"
+        return "zmq" if endpoint in self._socks else "none"
 
     def close(self) -> None:
         for sock in self._socks.values():

@@ -457,7 +457,8 @@ class RaftDriver:
             if isinstance(v, (int, str, float, bool)) or hasattr(v, "name")
         }
         st["voters"] = list(self.raft.voters)
-        # how this node's messages reach each peer now: "stream" (framed TCP) or "zmq"
+        # how this node's messages reach each peer now: "stream" (framed TCP), "zmq",
+        # or "none" (not one sent yet)
         st["transport"] = {
             str(peer): self.sender.transport(ep)
             for peer in self.raft.voters
