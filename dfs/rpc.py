@@ -213,6 +213,8 @@ class RpcServer:
         self._conns: dict[int, stream.Conn] = {}  # fd -> stream connection, on the loop
         self._poller: zmq.Poller | None = None
         self._accept_paused_until = 0.0  # out of file descriptors: accept again later
+        if self._listener is not None:
+            self.every(stream.STALL_SECONDS / 6, self._drop_stalled)
         self.route("ping", self._ping)
 
     def _ping(self, call: Call) -> dict[str, Any]:
@@ -492,6 +494,12 @@ class RpcServer:
                 continue
             stream.tune(sock)
             self.attach(stream.Conn(sock))
+
+    def _drop_stalled(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.stalled(now)]:
+            log.warning("%s: a stream stalled mid-message: dropped", self.name)
+            self.drop(conn)
 
     def attach(self, conn: stream.Conn) -> None:
         """Serve a stream connection on the loop (inbound, or one we opened)."""

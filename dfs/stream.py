@@ -54,6 +54,7 @@ MAX_QUEUED = 512 << 20  # bytes waiting to go out on one connection before it is
 IOV_MAX = 64  # buffers per sendmsg
 USER_TIMEOUT_MS = 20_000  # unacknowledged data this long fails a connection
 CONNECT_DEADLINE = 0.5  # seconds a non-blocking connect may take before it is given up
+STALL_SECONDS = 30.0  # a connection with half a message and no bytes for this long is dropped
 HELLO = b"dfs-stream-1"  # the first message on a connection: HELLO and the server's token
 
 
@@ -134,6 +135,11 @@ class Reader:
         data = sock.recv(RECV_BYTES)
         self.buf += data
         return len(data)
+
+    @property
+    def partial(self) -> bool:
+        """Part of a message is in, the rest not yet."""
+        return self.big is not None or bool(self.buf)
 
     def pop(self) -> list[Any] | None:
         """The next whole message's parts, or None until more bytes arrive."""
@@ -228,6 +234,7 @@ class Conn:
         "connect_by",
         "connecting",
         "greeted",
+        "last_read",
         "max_queued",
         "out",
         "outbound",
@@ -252,6 +259,7 @@ class Conn:
         self.connect_by = math.inf  # ... and when it is given up
         self.closed = False
         self.watching_out = False  # the loop polls for writability on our behalf
+        self.last_read = time.monotonic()  # when bytes last came in
 
     @classmethod
     def connect(cls, host: str, port: int, token: bytes, max_queued: int) -> Conn:
@@ -336,6 +344,7 @@ class Conn:
             if n == 0:
                 self.close()
                 break
+            self.last_read = time.monotonic()
             try:
                 while (msg := self.reader.pop()) is not None:
                     got.append(msg)
@@ -345,6 +354,11 @@ class Conn:
             if self.reader.big is None and n < RECV_BYTES:
                 break  # drained (a recv more would only fail): the poll says when there is more
         return got
+
+    def stalled(self, now: float) -> bool:
+        """Half a message in and nothing more for STALL_SECONDS: a peer that broke
+        off (or holds our buffer on purpose)."""
+        return self.reader.partial and now - self.last_read > STALL_SECONDS
 
     def close(self) -> None:
         if not self.closed:

@@ -187,6 +187,25 @@ def test_garbage_on_the_port_drops_that_connection_only(server: rpc.RpcServer) -
         assert c.call(server.endpoint, "ping").fields["service"] == "t"
 
 
+def test_a_stream_stalled_mid_message_is_dropped(
+    server: rpc.RpcServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a message and then silence (a broken or hostile peer holding a buffer):
+    the server hangs up after STALL_SECONDS; an idle connection is kept."""
+    monkeypatch.setattr(stream, "STALL_SECONDS", 0.3)
+    stalled, idle = _raw(server), _raw(server)
+    try:
+        stalled.sendall(stream.HEAD.pack(1 << 20, 1) + bytes(1000))
+        time.sleep(0.5)
+        server.call_soon(server._drop_stalled)  # the timer's work, now
+        assert _closed_by_peer(stalled)
+        idle.sendall(_message(wire.encode_request(3, "ping", {})[0]))
+        assert wire.decode_reply(stream.recv_message(idle, stream.Reader())).id == 3
+    finally:
+        stalled.close()
+        idle.close()
+
+
 def test_bad_header_on_the_stream_gets_a_clear_error(server: rpc.RpcServer) -> None:
     assert server.stream_port is not None
     sock = _raw(server)
