@@ -272,3 +272,29 @@ def test_core_runs_on_disk_storage_through_snapshots_and_restarts(tmp_path: Path
     for i in (1, 2, 3):
         assert c.data_applied(i)[-1] == b"after restart"
         assert c.nodes[i].applied == new.applied
+
+
+def test_a_nearly_full_disk_still_takes_records_and_loses_none() -> None:
+    """The zeros ahead need 4 MiB; with less free, a save writes zeros for its own
+    records only; when even those do not fit it fails with ENOSPC and every
+    record saved before survives a restart."""
+    import errno
+
+    from tests.test_chunk_store import tiny_tmpfs
+
+    with tiny_tmpfs("1m") as mnt:
+        s = RaftStorage(mnt)
+        s.load()
+        saved = 0
+        with pytest.raises(OSError) as err:
+            for i in range(1, 1000):
+                s.save(HardState(1, 1, i - 1), [Entry(i, 1, data=bytes(3000))], None)
+                saved = i
+        assert err.value.errno == errno.ENOSPC
+        assert saved > 200  # ~1 MiB of 3 KB records: the 4 MiB of zeros was not required
+        s.close()
+        again = RaftStorage(mnt)
+        try:
+            assert [e.index for e in again.load().entries] == list(range(1, saved + 1))
+        finally:
+            again.close()

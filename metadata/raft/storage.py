@@ -25,6 +25,7 @@ covered by the newest snapshot are deleted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -314,8 +315,15 @@ class RaftStorage:
         assert self._fd is not None
         end = self._size + len(buf)
         if end > self._zeroed:  # the one write that grows the file (and its journal)
-            grow = max(end, self._zeroed + PREFILL_BYTES) - self._zeroed
-            _pwrite_all(self._fd, bytes(grow), self._zeroed)
+            need = end - self._zeroed
+            grow = max(need, PREFILL_BYTES)
+            try:
+                _pwrite_all(self._fd, bytes(grow), self._zeroed)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or grow == need:
+                    raise
+                grow = need  # a nearly full disk: zeros for these records only
+                _pwrite_all(self._fd, bytes(grow), self._zeroed)
             self._zeroed += grow
         _pwrite_all(self._fd, buf, self._size)
         if sync:
