@@ -601,7 +601,7 @@ class Sender:
             if self.server.stream_send(conn, [header]):
                 return True
             self._conns.pop(endpoint, None)
-            self._shunned[endpoint] = time.monotonic() + self.SHUN
+            self._shun(endpoint)
         sock = self._socks.get(endpoint)
         if sock is None:
             sock = self._socks[endpoint] = _dealer(self.ctx, endpoint, self.security)
@@ -621,7 +621,7 @@ class Sender:
             if not conn.closed:
                 return conn
             del self._conns[endpoint]  # it broke: ZeroMQ for a while
-            self._shunned[endpoint] = time.monotonic() + self.SHUN
+            self._shun(endpoint)
             return None
         known, host = self._ports.get(endpoint), stream.tcp_host(endpoint)
         if (
@@ -634,11 +634,14 @@ class Sender:
             conn = stream.Conn.connect(host, known[0], known[1], self.MAX_QUEUED)
         except OSError as exc:
             log.info("no stream to %s (%s): ZeroMQ for now", endpoint, exc)
-            self._shunned[endpoint] = time.monotonic() + self.SHUN
+            self._shun(endpoint)
             return None
         self.server.attach(conn)
         self._conns[endpoint] = conn
         return conn
+
+    def _shun(self, endpoint: str) -> None:
+        self._shunned[endpoint] = time.monotonic() + self.SHUN
 
     def transport(self, endpoint: str) -> str:
         """What carries messages to ``endpoint`` now: "stream", "zmq", or "none"

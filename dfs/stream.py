@@ -32,7 +32,6 @@ import os
 import socket
 import struct
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -168,6 +167,10 @@ class Reader:
         return None
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def send_all(sock: socket.socket, bufs: list[Any], deadline: float) -> None:
     """Write every buffer on a blocking socket (sendmsg may write part of them);
     TimeoutError once ``deadline`` (time.monotonic) passes between writes."""
@@ -250,7 +253,7 @@ class Conn:
         sock.setblocking(False)
         self.sock = sock
         self.reader = Reader()
-        self.out: deque[memoryview] = deque()
+        self.out: list[memoryview] = []
         self.queued = 0
         self.max_queued = max_queued
         self.outbound = outbound  # we opened it to send (Raft): what comes back is ignored
@@ -265,8 +268,7 @@ class Conn:
     def connect(cls, host: str, port: int, token: bytes, max_queued: int) -> Conn:
         """Start connecting without blocking (``host`` is an IP address): what is
         sent meanwhile queues, after the HELLO that names the server meant."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
         tune(sock)
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
@@ -312,23 +314,15 @@ class Conn:
                 raise StreamError(f"connect failed: {os.strerror(err)}")
             self.connecting = False
         while self.out:
-            views = [self.out[i] for i in range(min(IOV_MAX, len(self.out)))]
             try:
-                n = self.sock.sendmsg(views)
+                n = self.sock.sendmsg(self.out[:IOV_MAX])
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.close()
                 raise StreamError(str(exc)) from None
             self.queued -= n
-            for _ in range(len(views)):
-                head = self.out[0]
-                if n >= head.nbytes:
-                    n -= head.nbytes
-                    self.out.popleft()
-                else:
-                    self.out[0] = head[n:]
-                    break
+            self.out = _consume(self.out, n)
 
     def read(self, limit: int = 16) -> list[list[Any]]:
         """The messages that are in, after at most ``limit`` recvs (fairness)."""
@@ -378,8 +372,7 @@ def listen(endpoint: str) -> socket.socket | None:
         host = "0.0.0.0"
     if host is None:
         return None
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     sock.listen(128)
