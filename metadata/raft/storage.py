@@ -77,7 +77,7 @@ class RaftStorage:
         self._fd: int | None = None
         self._size = 0  # where the next record goes in the tail segment
         self._zeroed = 0  # the tail is zero-filled (or written) up to here
-        self._tail_end: int | None = None  # replay: where the tail's records end
+        self._tail_end = 0  # replay: where the tail's records end
         self.state = PersistentState()
         self.cut_bytes = 0  # bytes of torn/corrupt tail removed at open
         self._loaded = False
@@ -333,11 +333,10 @@ class RaftStorage:
     def _open_tail(self) -> None:
         if not self.segments:
             self.segments.append(_Segment(self.root / f"wal-{1:08d}.log", 1))
-            self._tail_end = 0
         tail = self.segments[-1]
         self._fd = os.open(tail.path, os.O_WRONLY | os.O_CREAT, 0o644)
         self._zeroed = os.fstat(self._fd).st_size
-        self._size = self._zeroed if self._tail_end is None else self._tail_end
+        self._size = self._tail_end
         fsync_dir(self.root)
 
     def _roll(self) -> None:
