@@ -392,18 +392,18 @@ class RaftDriver:
             groups[-1].append(m.to_wire())
             held[m.to] += n
         me = self.endpoint_of(self.id)
+        sender: dict[str, Any] = {"from": self.id}  # who we are, in every message
+        if me is not None:
+            sender["ep"] = me
+        if self.server.stream_port is not None:
+            sender["sp"] = self.server.stream_port
+            sender["st"] = self.server.stream_token.decode()
         for peer, groups in by_peer.items():
             ep = self.endpoint_of(peer)
             if ep is None:
                 continue
             for msgs in groups:  # one-way: Raft has its own acknowledgements and retries
-                fields: dict[str, Any] = {"from": self.id, "msgs": msgs}
-                if me is not None:
-                    fields["ep"] = me
-                if self.server.stream_port is not None:
-                    fields["sp"] = self.server.stream_port
-                    fields["st"] = self.server.stream_token.decode()
-                self.sender.send(ep, "raft.msg", fields)
+                self.sender.send(ep, "raft.msg", {**sender, "msgs": msgs})
 
     def _apply(self, entry: Any) -> None:
         waiting = self.waiting.pop(entry.index, None)
